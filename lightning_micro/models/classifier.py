@@ -1,0 +1,144 @@
+"""ClassifierModule: the LightningModule that trains any image classifier of the zoo (or yours)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_micro.instantiate import ConfigError, instantiate, to_plain
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def _build(value: Any, key: str) -> Any:
+    return instantiate(value, key) if isinstance(value, Mapping) or hasattr(value, "_target_") else value
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy classification around a plain ``nn.Module``, with torchmetrics accuracy.
+
+    The network, optimizer and scheduler may be given as config nodes (mappings with ``_target_``; optimizer
+    and scheduler with ``_partial_: true``). Nodes are kept as plain hyper-parameters, so a checkpoint rebuilds
+    the module with ``ClassifierModule.load_from_checkpoint(path)`` and nothing else. Objects work too (a
+    network built in Python, a ``functools.partial`` optimizer); then the checkpoint needs them passed again.
+
+    Everything is checked here, before any training step: the optimizer is built once on the parameters (so a
+    negative learning rate fails now, naming ``optimizer``), and one forward pass on zeros of ``input_shape``
+    checks that the network takes the data's images and returns ``num_classes`` logits.
+
+    Logged metrics: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
+
+    Args:
+        net: the network, or its config node.
+        optimizer: a callable ``params -> Optimizer``, or its config node.
+        scheduler: optional callable ``optimizer -> LRScheduler``, or its config node; stepped every epoch.
+        input_shape: ``[C, H, W]`` of one input image.
+        num_classes: number of classes.
+
+    Example:
+        >>> module = ClassifierModule(
+        ...     net={"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]},
+        ...     optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+        ...     input_shape=[1, 8, 8], num_classes=10)
+        >>> module(torch.zeros(4, 1, 8, 8)).shape
+        torch.Size([4, 10])
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | Mapping[str, Any],
+        optimizer: OptimizerFactory | Mapping[str, Any],
+        scheduler: Callable[..., Any] | Mapping[str, Any] | None = None,
+        input_shape: Sequence[int] = (1, 28, 28),
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        objects = [name for name, value in (("net", net), ("optimizer", optimizer), ("scheduler", scheduler))
+                   if value is not None and not (isinstance(value, Mapping) or hasattr(value, "_target_"))]
+        self.save_hyperparameters(ignore=objects)
+        for name in list(self.hparams):  # plain types only: checkpoints load with torch.load(weights_only=True)
+            self.hparams[name] = to_plain(self.hparams[name])
+        self.input_shape = [int(v) for v in input_shape]
+        self.num_classes = int(num_classes)
+        self.net: nn.Module = _build(net, "net")
+        if not isinstance(self.net, nn.Module):
+            raise ConfigError("net", f"must build a torch.nn.Module, got {type(self.net).__name__}")
+        self._optimizer_factory: OptimizerFactory = _build(optimizer, "optimizer")
+        self._scheduler_factory = _build(scheduler, "scheduler") if scheduler is not None else None
+        self._check_optimizer()
+        self._check_shapes()
+        self.example_input_array = torch.zeros(1, *self.input_shape)
+        self.train_acc = MulticlassAccuracy(self.num_classes)
+        self.val_acc = MulticlassAccuracy(self.num_classes)
+        self.test_acc = MulticlassAccuracy(self.num_classes)
+
+    @property
+    def net_spec(self) -> dict[str, Any] | None:
+        """The network's config node as plain data, or ``None`` when the network was given as an object."""
+        spec = self.hparams.get("net")
+        return dict(spec) if isinstance(spec, Mapping) else None
+
+    def _check_optimizer(self) -> None:
+        try:
+            self._optimizer_factory(self.net.parameters())
+        except (ValueError, TypeError) as err:
+            raise ConfigError("optimizer", str(err)) from err
+
+    def _check_shapes(self) -> None:
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                out = self.net(torch.zeros(2, *self.input_shape))
+        except RuntimeError as err:
+            raise ConfigError(
+                "net",
+                f"{type(self.net).__name__} cannot take images of input_shape {self.input_shape} "
+                f"(set from data.input_shape): {str(err).splitlines()[0]}",
+            ) from err
+        finally:
+            self.net.train(was_training)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, self.num_classes):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                "net",
+                f"{type(self.net).__name__} returned {shape} for a batch of 2, expected (2, {self.num_classes}) "
+                "logits (num_classes, set from data.num_classes)",
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, accuracy: MulticlassAccuracy):
+        images, labels = batch
+        logits = self(images)
+        loss = nn.functional.cross_entropy(logits, labels)
+        accuracy(logits, labels)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step, sync_dist=True)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self(batch[0]).argmax(dim=1)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self._optimizer_factory(self.parameters())
+        if self._scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._scheduler_factory(optimizer),
+                                                         "interval": "epoch"}}

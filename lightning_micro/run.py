@@ -1,0 +1,141 @@
+"""One training run, from a composed config to a trained, tested, exported and measured network.
+
+:func:`train` is what ``train.py`` calls; tests call it with a config from Hydra's ``compose()``.
+All config nodes become objects through :mod:`lightning_micro.instantiate`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig
+
+from lightning_micro import report as reporting
+from lightning_micro.export import load_compressed, save_compressed
+from lightning_micro.instantiate import ConfigError, instantiate, instantiate_each, to_plain
+from lightning_micro.models import ClassifierModule
+
+ARTIFACT_NAME = "model.safetensors"
+REPORT_NAME = "compression_report.json"
+# What a finished (or started) run leaves in its directory; finding any of these means the directory is taken.
+RUN_OUTPUTS = (REPORT_NAME, ARTIFACT_NAME, "checkpoints", "wandb", "csv")
+
+
+def check_output_dir_is_free(output_dir: Path) -> None:
+    """Refuse a run directory that already holds another run's outputs, so nothing on disk is overwritten."""
+    taken = sorted(name for name in RUN_OUTPUTS if (output_dir / name).exists())
+    if taken:
+        raise ConfigError(
+            "paths.output_dir",
+            f"{output_dir} already holds a run's outputs ({', '.join(taken)}); nothing was changed. "
+            "Choose a new directory (the default hydra.run.dir is unique per start).",
+        )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit ``cfg.model`` on ``cfg.data`` with the configured callbacks, compression and loggers; then test the
+    final weights, export the artifact and write the compression report into ``cfg.paths.output_dir``.
+
+    Returns:
+        The run's metrics: everything logged (``val/acc``, ``test/acc``, ...) and, on rank zero, the report.
+
+    Raises:
+        ConfigError: a config value that cannot work, named by its key, before any training step.
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    if rank_zero_only.rank == 0:
+        check_output_dir_is_free(output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data, "data")
+    module = instantiate(cfg.model, "model")
+    if not isinstance(module, ClassifierModule) or module.net_spec is None:
+        raise ConfigError("model", "must build a lightning_micro.models.ClassifierModule whose net is a config node")
+    if rank_zero_only.rank == 0:
+        datamodule.prepare_data()  # a missing dataset fails here, before loggers start or training begins
+    callbacks = [
+        *instantiate_each(cfg.get("callbacks"), "callbacks"),
+        *instantiate_each(cfg.get("compression"), "compression"),
+    ]
+    loggers: list[Logger] = instantiate_each(cfg.get("logger"), "logger")
+    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(to_plain(cfg))
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    trainer.test(module, datamodule=datamodule)  # the final weights: what the compression produced
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    if trainer.is_global_zero:
+        report = write_run_report(cfg, module, trainer, metrics, output_dir)
+        for logger in loggers:
+            log_summary(logger, report)
+        metrics.update(report)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()
+    return metrics
+
+
+def write_run_report(
+    cfg: DictConfig, module: ClassifierModule, trainer: L.Trainer, metrics: Mapping[str, float], output_dir: Path
+) -> dict[str, Any]:
+    """Export the artifact, measure it against the dense network, write ``compression_report.json`` and print
+    it as a table. Techniques add fields through ``report_fields(net)`` on their callback."""
+    settings = cfg.get("report") or {}
+    net_spec = module.net_spec
+    artifact_path = output_dir / ARTIFACT_NAME
+    save_compressed(module.net, net_spec, artifact_path)
+    deployed = load_compressed(artifact_path)  # measure what a user gets from the file, not the training copy
+    with tempfile.TemporaryDirectory() as tmp:
+        dense = instantiate(net_spec, "model.net").eval()
+        dense_path = Path(tmp) / "dense.safetensors"
+        save_compressed(dense, net_spec, dense_path)
+        with torch.inference_mode(False):
+            report = reporting.build_report(
+                deployed,
+                dense,
+                module.input_shape,
+                artifact_path,
+                dense_path,
+                metrics={k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))},
+                latency_batch_sizes=list(settings.get("latency_batch_sizes", (1, 64))),
+                latency_threads=int(settings.get("latency_threads", 1)),
+                latency_min_run_time=float(settings.get("latency_min_run_time", 0.2)),
+            )
+    for callback in trainer.callbacks:
+        if isinstance(callback, reporting.ReportContributor):
+            report.update(callback.report_fields(module.net))
+    reporting.write_report(report, output_dir / REPORT_NAME)
+    from rich.console import Console
+
+    console = Console()
+    console.print(reporting.render_table(report))
+    console.print(f"Report, artifact and checkpoints in {output_dir}")
+    return report
+
+
+def log_summary(logger: Logger, report: Mapping[str, Any]) -> None:
+    """Put the report into the logger: W&B's run summary; other loggers get the numbers as one last row."""
+    if isinstance(logger, WandbLogger):
+        logger.experiment.summary.update(dict(report))
+        return
+    logger.log_metrics({f"report/{k}": v for k, v in report.items() if isinstance(v, (int, float))})
+    logger.save()
+
+
+def optimized_value(metrics: Mapping[str, Any], name: str | None) -> float | None:
+    """The value a sweeper optimizes (``optimized_metric``), or ``None`` when no metric is named."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise ConfigError("optimized_metric", f"{name!r} was not measured; measured: {sorted(metrics)}")
+    return float(metrics[name])

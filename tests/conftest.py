@@ -1,0 +1,69 @@
+"""Shared test helpers: compose the real config with Hydra's compose() API, trimmed for a fast CPU run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Real MNIST: from LM_DATA_DIR, else the team's offline copy beside the checkout.
+if "LM_DATA_DIR" not in os.environ and (SHARED_DATA / "MNIST" / "raw").is_dir():
+    os.environ["LM_DATA_DIR"] = str(SHARED_DATA)
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# Keeps a test run short: one thread, tiny latency measurement, no progress bar, no W&B unless asked.
+FAST = [
+    "trainer.max_epochs=1",
+    "logger=csv",
+    "~callbacks.rich_progress_bar",
+    "report.latency_min_run_time=0.01",
+    "report.latency_batch_sizes=[1,8]",
+]
+
+
+def mnist_dir() -> Path:
+    path = Path(os.environ.get("LM_DATA_DIR", "data"))
+    if not (path / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {path}/MNIST/raw (set LM_DATA_DIR)")
+    return path
+
+
+def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """The composed run config, as `python train.py <overrides>` would see it, writing into ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.paths.output_dir = str(output_dir)
+            cfg.paths.log_dir = str(output_dir / "logs")
+    HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} resolve, as in a real run
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def run_cli(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python train.py <args>`` from the project root, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()

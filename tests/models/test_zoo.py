@@ -1,0 +1,57 @@
+"""The model zoo: sizes from the literature, shape checks, and one fast_dev_run per model through train()."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lightning_micro.instantiate import instantiate
+from lightning_micro.models import LeNet5, LeNet300, MobileNet, ResNet20
+from lightning_micro.run import train
+from tests.conftest import FAST, compose_cfg, mnist_dir
+
+
+def n_params(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_parameter_counts_match_the_literature():
+    assert n_params(LeNet300([1, 28, 28], 10)) == 266_610  # Han et al. 2015: 267K
+    assert n_params(LeNet5([1, 28, 28], 10)) == 431_080  # Han et al. 2015: 431K
+    assert 0.26e6 < n_params(ResNet20([3, 32, 32], 10)) < 0.28e6  # He et al. 2016: 0.27M
+
+
+def test_mobilenet_width_multiplier_thins_every_layer():
+    wide, thin = MobileNet([3, 32, 32], 10, 1.0), MobileNet([3, 32, 32], 10, 0.5)
+    assert n_params(thin) < n_params(wide) / 3
+    assert thin(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("net", "message"),
+    [
+        (lambda: LeNet300([3, 32, 32], 10), "single-channel"),
+        (lambda: LeNet5([1, 8, 8], 10), "at least 16x16"),
+        (lambda: MobileNet([1, 28, 28], 10, width_multiplier=0), "width_multiplier"),
+        (lambda: ResNet20([3, 32, 32], 10, blocks_per_stage=0), "blocks_per_stage"),
+    ],
+)
+def test_bad_shapes_and_sizes_raise(net, message):
+    with pytest.raises(ValueError, match=message):
+        net()
+
+
+@pytest.mark.parametrize(
+    ("model", "data"), [("lenet300", "digits"), ("lenet5", "mnist"), ("mobilenet", "digits"), ("resnet20", "digits")]
+)
+def test_fast_dev_run(model, data, tmp_path):
+    if data == "mnist":
+        mnist_dir()
+    cfg = compose_cfg([*FAST, f"model={model}", f"data={data}", "debug=fdr"], tmp_path)
+    metrics = train(cfg)
+    report = json.loads((tmp_path / "compression_report.json").read_text())
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert report["params/total"] == n_params(instantiate(cfg.model.net, "model.net"))
+    assert report["size/artifact_bytes"] == (tmp_path / "model.safetensors").stat().st_size

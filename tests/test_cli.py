@@ -1,0 +1,79 @@
+"""The real command line: `python train.py ...` in a subprocess, as a user or a sweep runs it."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tests.conftest import run_cli
+
+QUICK = ["debug=fdr", "~callbacks.rich_progress_bar", "report.latency_min_run_time=0.01",
+         "report.latency_batch_sizes=[1]"]
+
+
+def test_unknown_group_option_lists_the_allowed_ones(tmp_path):
+    out = run_cli(["model=lenet999", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert out.returncode != 0
+    assert "Could not find 'model/lenet999'" in out.stderr
+    for option in ("lenet300", "lenet5", "mobilenet", "resnet20"):
+        assert option in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_existing_run_dir_is_refused_and_kept(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("earlier: run\n")
+    out = run_cli([*QUICK, f"hydra.run.dir={run_dir}"])
+    assert out.returncode != 0
+    assert f"hydra.run.dir: {run_dir} already exists and is not empty" in out.stderr
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == "earlier: run\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra"]
+
+
+def test_two_value_sweep_then_rerun_a_saved_config_dense(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_cli(["-m", "model.optimizer.lr=0.01,0.05", *QUICK, f"hydra.sweep.dir={sweep}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    learning_rates = []
+    for job in ("0", "1"):
+        assert (sweep / job / "compression_report.json").is_file()
+        assert (sweep / job / "model.safetensors").is_file()
+        learning_rates.append(yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())
+                              ["model"]["optimizer"]["lr"])
+    assert learning_rates == [0.01, 0.05]
+
+    # The composed config a run saved is itself a primary config; '~compression' retrains it dense.
+    rerun = tmp_path / "rerun"
+    out = run_cli(["--config-path", str(sweep / "1" / ".hydra"), "--config-name", "config", "~compression",
+                   f"hydra.run.dir={rerun}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = yaml.safe_load((rerun / ".hydra" / "config.yaml").read_text())
+    assert "compression" not in saved and saved["model"]["optimizer"]["lr"] == 0.05
+    assert json.loads((rerun / "compression_report.json").read_text())["size/ratio"] == 1.0
+
+
+def test_optuna_study_runs_trials_and_reports_the_best(tmp_path):
+    sweep = tmp_path / "optuna"
+    out = run_cli(["hparams_search=optuna", "hydra.sweeper.n_trials=2", *QUICK, f"hydra.sweep.dir={sweep}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {"model.optimizer.lr", "model.optimizer.weight_decay"}
+    trial_values = [json.loads((sweep / job / "compression_report.json").read_text())["val/acc"]
+                    for job in ("0", "1")]
+    assert results["best_value"] == max(trial_values)
+
+
+def test_ddp_fit_on_two_cpu_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    out = run_cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+                   "logger=csv", "~callbacks.rich_progress_bar", "report.latency_min_run_time=0.01",
+                   "report.latency_batch_sizes=[1]", f"hydra.run.dir={run_dir}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "distributed_backend=gloo" in log
+    assert "Starting with 2 processes" in log
+    report = json.loads((run_dir / "compression_report.json").read_text())  # written once, by rank 0
+    assert report["test/acc"] > 0.2
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

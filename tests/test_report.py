@@ -1,0 +1,67 @@
+"""The report's counts against independent counts: analytic MACs, known zero fractions, real file sizes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lightning_micro import report
+from lightning_micro.export import save_compressed
+from lightning_micro.models import LeNet5, LeNet300
+
+SPEC = {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 28, 28], "num_classes": 10}
+
+
+def test_known_zero_fraction_is_counted_exactly():
+    net = LeNet300([1, 28, 28], 10)
+    with torch.no_grad():
+        net.fc2.weight.view(-1)[:12_000] = 0.0  # 40% of fc2's 300x100 weights
+        net.fc3.bias.zero_()  # 10 more zeros, outside any weight matrix
+    counts = report.parameter_counts(net)
+    assert counts["params/total"] == 266_610
+    assert counts["params/nonzero"] == 266_610 - 12_000 - 10
+    fields = report.sparsity(net)
+    assert fields["sparsity/fc2.weight"] == pytest.approx(0.4)
+    assert fields["sparsity/fc1.weight"] == 0.0
+    assert fields["sparsity/global"] == pytest.approx(12_010 / 266_610)
+    assert "sparsity/fc3.bias" not in fields
+
+
+def test_macs_match_the_layer_arithmetic():
+    assert report.count_macs(LeNet300([1, 28, 28], 10), [1, 28, 28]) == 784 * 300 + 300 * 100 + 100 * 10
+    conv1 = 20 * 24 * 24 * (1 * 5 * 5)
+    conv2 = 50 * 8 * 8 * (20 * 5 * 5)
+    assert report.count_macs(LeNet5([1, 28, 28], 10), [1, 28, 28]) == conv1 + conv2 + 800 * 500 + 500 * 10
+
+
+def test_latency_measures_every_network():
+    nets = {"a": LeNet300([1, 8, 8]), "b": LeNet300([1, 8, 8])}
+    times = report.measure_latency_ms(nets, [1, 8, 8], batch_size=4, min_run_time=0.01, rounds=2)
+    assert set(times) == {"a", "b"} and all(t > 0 for t in times.values())
+
+
+def test_build_report_sizes_are_file_sizes(tmp_path):
+    net = LeNet300([1, 28, 28], 10)
+    with torch.no_grad():
+        net.fc1.weight.view(-1)[::2] = 0.0
+    artifact_bytes = save_compressed(net, SPEC, tmp_path / "a.safetensors")
+    save_compressed(LeNet300([1, 28, 28], 10), SPEC, tmp_path / "d.safetensors")
+    fields = report.build_report(net, LeNet300([1, 28, 28], 10), [1, 28, 28], tmp_path / "a.safetensors",
+                                 tmp_path / "d.safetensors", metrics={"test/acc": 0.5},
+                                 latency_batch_sizes=[2], latency_min_run_time=0.01)
+    assert fields["size/artifact_bytes"] == artifact_bytes == (tmp_path / "a.safetensors").stat().st_size
+    assert fields["size/dense_bytes"] == (tmp_path / "d.safetensors").stat().st_size
+    assert fields["size/ratio"] == pytest.approx(fields["size/dense_bytes"] / artifact_bytes)
+    assert fields["test/acc"] == 0.5
+    assert fields["sparsity/fc1.weight"] == pytest.approx(0.5)
+    assert {"latency/ms_b2", "latency/dense_ms_b2", "latency/speedup_b2"} <= set(fields)
+
+
+def test_write_report_never_overwrites(tmp_path):
+    path = tmp_path / "r.json"
+    report.write_report({"a": 1}, path)
+    with pytest.raises(FileExistsError):
+        report.write_report({"a": 2}, path)
+    assert json.loads(path.read_text()) == {"a": 1}

@@ -1,0 +1,84 @@
+"""train(cfg) end to end on the composed config: what a run leaves on disk, and bad input refused early."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from lightning_micro.data import DatasetNotFoundError
+from lightning_micro.export import load_compressed
+from lightning_micro.instantiate import ConfigError
+from lightning_micro.models import ClassifierModule
+from lightning_micro.run import train
+from tests.conftest import FAST, compose_cfg
+
+
+def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path):
+    cfg = compose_cfg([*FAST, "trainer.max_epochs=2", "logger=default"], tmp_path)
+    metrics = train(cfg)
+
+    report = json.loads((tmp_path / "compression_report.json").read_text())
+    for field in ("test/acc", "params/total", "params/nonzero", "sparsity/global", "sparsity/fc1.weight",
+                  "size/dense_bytes", "size/artifact_bytes", "size/ratio", "macs/dense", "macs/effective",
+                  "latency/ms_b1", "latency/ms_b8"):
+        assert field in report, field
+    assert report["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert report["test/acc"] > 0.5  # two epochs on digits learn something
+    assert report["size/artifact_bytes"] == (tmp_path / "model.safetensors").stat().st_size
+    assert report["size/ratio"] == 1.0  # no technique ran: the artifact is the plain fp32 export
+    assert report["macs/effective"] == report["macs/dense"]
+
+    # W&B offline run files, inside the run directory, with the report in the summary.
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    (run_file,) = runs[0].glob("run-*.wandb")
+    records = run_file.read_bytes()  # protobuf records: keys are stored as plain strings
+    for key in (b"size/artifact_bytes", b"macs/effective", b"val/acc", b"train/loss_step"):
+        assert key in records, key
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    assert any(row.get("report/params/total") for row in rows)
+
+    # Checkpoint and artifact both rebuild the trained network.
+    module = ClassifierModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    net = load_compressed(tmp_path / "model.safetensors")
+    x = torch.randn(5, 1, 8, 8)
+    module.eval()
+    assert torch.equal(module(x), net(x))
+
+
+def test_existing_run_outputs_are_never_overwritten(tmp_path):
+    (tmp_path / "compression_report.json").write_text("{}")
+    cfg = compose_cfg(FAST, tmp_path)
+    with pytest.raises(ConfigError, match=r"^paths\.output_dir: .*already holds a run's outputs"):
+        train(cfg)
+    assert (tmp_path / "compression_report.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        (["model.optimizer.lr=-0.1"], ConfigError, r"^model\.optimizer: Invalid learning rate: -0\.1"),
+        (["data=cifar10", "model=lenet300", "paths.data_dir=."], ConfigError,
+         r"^model\.net: .*single-channel.*3 channels"),
+        (["data=mnist", "paths.data_dir=/no/such/dir"], ConfigError, r"^data: .*data_dir '/no/such/dir' is not an"),
+        (["+callbacks.early_stop.monitor=val/acc"], ConfigError, r"^callbacks\.early_stop: this node needs a _target_"),
+        (["data=mnist", "model=lenet5", "model.net.num_classes=7"], ConfigError, r"^model\.net: .*expected \(2, 10\)"),
+    ],
+)
+def test_bad_input_fails_before_training(overrides, error, message, tmp_path):
+    cfg = compose_cfg([*FAST, *overrides], tmp_path)
+    with pytest.raises(error, match=message):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_dataset_fails_before_training(tmp_path):
+    data_dir = tmp_path / "empty"
+    data_dir.mkdir()
+    cfg = compose_cfg([*FAST, "data=mnist", "model=lenet5", f"paths.data_dir={data_dir}"], tmp_path / "run")
+    with pytest.raises(DatasetNotFoundError, match=r"^data\.data_dir: MNIST is not under"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
