@@ -6,8 +6,9 @@ plain arguments) and ``codecs`` (which codec stored each state-dict entry, as JS
 imports the network's class by name and fills it with tensors.
 
 Codecs are the extension point for compressed storage. A codec turns one state-dict tensor into one or more
-stored tensors and back. ``dense`` stores the tensor as it is; techniques register their own (a sparse bitmask,
-packed low-bit integers) in :data:`CODECS` and name them per tensor when saving.
+stored tensors and back. ``dense`` stores the tensor as it is, ``bitmask`` stores a sparse tensor as one bit
+per entry plus its non-zero values; techniques register their own (packed low-bit integers, ...) in
+:data:`CODECS` and name them per tensor when saving (their callbacks' ``export_codecs(net)``).
 
 Example:
     >>> from lightning_micro.models import LeNet300
@@ -30,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from lightning_micro.core.sparse_format import bitmask_decode, bitmask_encode
 from lightning_micro.instantiate import instantiate
 
 FORMAT = "lightning_micro.artifact/1"
@@ -49,6 +51,7 @@ class Codec:
 
 CODECS: dict[str, Codec] = {
     "dense": Codec(encode=lambda t: {"data": t}, decode=lambda parts: parts["data"]),
+    "bitmask": Codec(encode=bitmask_encode, decode=bitmask_decode),  # sparse: 1 bit per entry + non-zeros
 }
 
 

@@ -60,10 +60,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("model", "must build a lightning_micro.models.ClassifierModule whose net is a config node")
     if rank_zero_only.rank == 0:
         datamodule.prepare_data()  # a missing dataset fails here, before loggers start or training begins
-    callbacks = [
-        *instantiate_each(cfg.get("callbacks"), "callbacks"),
-        *instantiate_each(cfg.get("compression"), "compression"),
-    ]
+    techniques = build_techniques(cfg.get("compression"), module)
+    callbacks = [*instantiate_each(cfg.get("callbacks"), "callbacks"), *techniques]
     loggers: list[Logger] = instantiate_each(cfg.get("logger"), "logger")
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
@@ -85,15 +83,34 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def build_techniques(node: Any, module: ClassifierModule) -> list[Any]:
+    """The compression callbacks, in list order, each checked against the network before training: a
+    technique with ``check_model(net)`` raises ``ValueError`` for a selection that matches nothing."""
+    techniques = instantiate_each(node, "compression")
+    for name, technique in zip(node or {}, techniques, strict=True):
+        check = getattr(technique, "check_model", None)
+        if check is not None:
+            try:
+                check(module.net)
+            except ValueError as err:
+                raise ConfigError(f"compression.{name}", str(err)) from err
+    return techniques
+
+
 def write_run_report(
     cfg: DictConfig, module: ClassifierModule, trainer: L.Trainer, metrics: Mapping[str, float], output_dir: Path
 ) -> dict[str, Any]:
     """Export the artifact, measure it against the dense network, write ``compression_report.json`` and print
-    it as a table. Techniques add fields through ``report_fields(net)`` on their callback."""
+    it as a table. Techniques add fields through ``report_fields(net)`` on their callback, and choose how
+    their tensors are stored through ``export_codecs(net) -> {state-dict key: codec}``."""
     settings = cfg.get("report") or {}
     net_spec = module.net_spec
     artifact_path = output_dir / ARTIFACT_NAME
-    save_compressed(module.net, net_spec, artifact_path)
+    codecs: dict[str, str] = {}
+    for callback in trainer.callbacks:
+        if hasattr(callback, "export_codecs"):
+            codecs.update(callback.export_codecs(module.net))
+    save_compressed(module.net, net_spec, artifact_path, codecs)
     deployed = load_compressed(artifact_path)  # measure what a user gets from the file, not the training copy
     with tempfile.TemporaryDirectory() as tmp:
         dense = instantiate(net_spec, "model.net").eval()

@@ -68,6 +68,7 @@ def test_optuna_study_runs_trials_and_reports_the_best(tmp_path):
 def test_ddp_fit_on_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "ddp"
     out = run_cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
+                   "compression=[]",
                    "logger=csv", "~callbacks.rich_progress_bar", "report.latency_min_run_time=0.01",
                    "report.latency_batch_sizes=[1]", f"hydra.run.dir={run_dir}"])
     assert out.returncode == 0, out.stderr[-3000:]

@@ -95,10 +95,19 @@ def test_slurm_launcher_composes():
     assert cfg.hydra.launcher.timeout_min > 0
 
 
-def test_compression_defaults_to_dense(tmp_path):
-    cfg = compose_cfg([], tmp_path)
-    assert dict(cfg.compression) == {}
-    assert instantiate_each(cfg.compression, "compression") == []
+@pytest.mark.parametrize("compression", options("compression"))
+def test_compression_options_instantiate(compression, tmp_path):
+    cfg = compose_cfg([f"compression=[{compression}]"], tmp_path)
+    assert list(cfg.compression) == [compression]  # nested under its own name
+    (technique,) = instantiate_each(cfg.compression, "compression")
+    technique.check_model(instantiate(cfg.model, "model").net)
+
+
+def test_compression_default_and_dense(tmp_path):
+    assert list(compose_cfg([], tmp_path).compression) == ["gmp"]
+    dense = compose_cfg(["compression=[]"], tmp_path)
+    assert dict(dense.compression) == {}
+    assert instantiate_each(dense.compression, "compression") == []
 
 
 def test_paths_follow_lm_data_dir(tmp_path, monkeypatch):

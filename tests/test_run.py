@@ -28,8 +28,9 @@ def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path)
     assert report["test/acc"] == pytest.approx(metrics["test/acc"])
     assert report["test/acc"] > 0.5  # two epochs on digits learn something
     assert report["size/artifact_bytes"] == (tmp_path / "model.safetensors").stat().st_size
-    assert report["size/ratio"] == 1.0  # no technique ran: the artifact is the plain fp32 export
-    assert report["macs/effective"] == report["macs/dense"]
+    assert report["gmp/pruned_sparsity"] == pytest.approx(0.9, abs=1e-4)  # the default: compression=[gmp]
+    assert report["size/ratio"] > 3  # stored sparse
+    assert report["macs/effective"] == report["macs/dense"]  # dense kernels run every MAC of a sparse matrix
 
     # W&B offline run files, inside the run directory, with the report in the summary.
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
@@ -47,6 +48,14 @@ def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path)
     x = torch.randn(5, 1, 8, 8)
     module.eval()
     assert torch.equal(module(x), net(x))
+
+
+def test_dense_run_exports_the_plain_fp32_network(tmp_path):
+    train(compose_cfg([*FAST, "compression=[]"], tmp_path))
+    report = json.loads((tmp_path / "compression_report.json").read_text())
+    assert report["size/ratio"] == 1.0  # no technique ran: the artifact is the plain fp32 export
+    assert report["sparsity/global"] == 0.0
+    assert not any(key.startswith("gmp/") for key in report)
 
 
 def test_existing_run_outputs_are_never_overwritten(tmp_path):

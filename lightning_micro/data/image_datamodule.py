@@ -12,7 +12,31 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Subset, TensorDataset, random_split
+from torch.utils.data import DataLoader, Sampler, Subset, TensorDataset, random_split
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that is a pure function of ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` at the start of every epoch, so a run resumed from a checkpoint sees the same
+    batches as one that never stopped (with a plain ``RandomSampler`` the order depends on the global RNG state,
+    which checkpoints do not hold).
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed((self.seed + 1_000_003 * self.epoch) % 2**63)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def _check_positive_int(name: str, value: int) -> None:
@@ -106,10 +130,12 @@ class ImageDataModule(L.LightningDataModule):
             self.test_set = self._tensor_dataset(train=False)
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        # The shuffle seed is the run's seed (torch.initial_seed() after seed_everything).
+        sampler = EpochShuffleSampler(len(dataset), torch.initial_seed()) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

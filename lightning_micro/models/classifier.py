@@ -73,9 +73,9 @@ class ClassifierModule(L.LightningModule):
         self._check_optimizer()
         self._check_shapes()
         self.example_input_array = torch.zeros(1, *self.input_shape)
-        self.train_acc = MulticlassAccuracy(self.num_classes)
-        self.val_acc = MulticlassAccuracy(self.num_classes)
-        self.test_acc = MulticlassAccuracy(self.num_classes)
+        self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
 
     @property
     def net_spec(self) -> dict[str, Any] | None:

@@ -1,0 +1,355 @@
+"""GradualMagnitudePruning: connection-level pruning during training (Zhu & Gupta 2017).
+
+The Lightning glue only: schedules, selection and masks live in :mod:`lightning_micro.core`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import nn
+from typing_extensions import override
+
+from lightning_micro.core.masks import apply_masks_, magnitude_masks
+from lightning_micro.core.schedules import SPARSITY_SCHEDULES
+from lightning_micro.core.selection import check_pattern, name_matches, select_parameters
+from lightning_micro.report import sparsity as measured_sparsity
+
+DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+# Optimizers whose update of a weight is zero when its gradient and its state are zero (weight decay included:
+# it scales the weight, which is zero). With masked gradients and zeroed state, pruned weights of these stay zero
+# without masking the weights again after every step; any other optimizer gets that extra pass.
+ZERO_PRESERVING_OPTIMIZERS = (
+    torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
+    torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam,
+)
+
+
+def _check_fraction(name: str, value: Any, upper_open: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    ):
+        allowed = "[0, 1)" if upper_open else "[0, 1]"
+        raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
+    return float(value)
+
+
+def _check_when(name: str, value: Any) -> int | float:
+    """An epoch (int >= 0) or a fraction of the run (float in [0, 1])."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"{name} must be an epoch (int >= 0) or a fraction of the run (float in [0, 1]), got {value!r}"
+        )
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{name} must be an epoch >= 0, got {value}")
+    if isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"{name}={value} is a float outside [0, 1]: floats are fractions of the run; write epochs as integers"
+        )
+    return value
+
+
+def _target_net(pl_module: L.LightningModule) -> nn.Module:
+    return pl_module.net if isinstance(getattr(pl_module, "net", None), nn.Module) else pl_module
+
+
+class GradualMagnitudePruning(Callback):
+    """Prune the smallest-magnitude weights gradually while training, then keep the masks fixed and retrain.
+
+    Every ``update_every`` optimizer steps between ``start`` and ``end`` the target sparsity follows the
+    schedule (``cubic``: Zhu & Gupta's ``s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3``), and masks are
+    recomputed from the weights' magnitudes. Pruned weights are zero after every optimizer step: their gradients
+    are masked before the step and their optimizer state (momentum, Adam moments) is zeroed when they are pruned,
+    so the step leaves them at zero; with an optimizer outside :data:`ZERO_PRESERVING_OPTIMIZERS` the weights are
+    also masked again after every step. After ``end`` the masks stay fixed: the retraining phase.
+
+    Args:
+        final_sparsity: fraction of the selected weights that is zero at the end, in [0, 1).
+        initial_sparsity: sparsity at ``start`` (Zhu & Gupta's ``s_i``), in [0, final_sparsity].
+        start: when pruning starts: an epoch (int) or a fraction of the whole run (float in [0, 1]).
+        end: when the final sparsity is reached, same units; not before ``start``.
+        update_every: optimizer steps between mask updates (>= 1).
+        schedule: ``cubic``, ``linear`` or ``one_shot``.
+        scope: ``global`` ranks all selected weights together, ``layerwise`` prunes each tensor to the target.
+        include: name patterns (glob, or regex with ``re:``) of parameters to prune, relative to the network.
+        exclude: name patterns to leave dense.
+        module_types: class names of the modules whose ``weight`` is pruned (never biases or norms).
+        overrides: ``{pattern: final sparsity}`` for layers pruned alone to their own target.
+        first_layer_sparsity: final sparsity of the first selected layer alone (``None``: no special case).
+        last_layer_sparsity: same for the last selected layer (e.g. keep the classifier denser).
+        log_layers: also log each layer's sparsity at every update.
+
+    Raises:
+        ValueError: an argument outside its allowed values (named in the message).
+
+    Example:
+        >>> pruning = GradualMagnitudePruning(final_sparsity=0.9, start=0, end=0.5, update_every=50)
+        >>> trainer = L.Trainer(callbacks=[pruning])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        final_sparsity: float = 0.9,
+        initial_sparsity: float = 0.0,
+        start: int | float = 0,
+        end: int | float = 0.5,
+        update_every: int = 100,
+        schedule: str = "cubic",
+        scope: str = "global",
+        include: Sequence[str] = ("*",),
+        exclude: Sequence[str] = (),
+        module_types: Sequence[str] = DEFAULT_MODULE_TYPES,
+        overrides: Mapping[str, float] | None = None,
+        first_layer_sparsity: float | None = None,
+        last_layer_sparsity: float | None = None,
+        log_layers: bool = True,
+    ) -> None:
+        super().__init__()
+        self.final_sparsity = _check_fraction("final_sparsity", final_sparsity)
+        self.initial_sparsity = _check_fraction("initial_sparsity", initial_sparsity)
+        if self.initial_sparsity > self.final_sparsity:
+            raise ValueError(f"initial_sparsity ({initial_sparsity}) must not exceed final_sparsity ({final_sparsity})")
+        self.start = _check_when("start", start)
+        self.end = _check_when("end", end)
+        if type(self.start) is type(self.end) and self.end < self.start:
+            raise ValueError(f"end ({end}) is before start ({start})")
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every must be an integer >= 1 (optimizer steps), got {update_every!r}")
+        self.update_every = update_every
+        if schedule not in SPARSITY_SCHEDULES:
+            raise ValueError(f"schedule must be one of {sorted(SPARSITY_SCHEDULES)}, got {schedule!r}")
+        self.schedule = schedule
+        if scope not in ("global", "layerwise"):
+            raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
+        self.scope = scope
+        self.include = [str(p) for p in ([include] if isinstance(include, str) else include)]
+        self.exclude = [str(p) for p in ([exclude] if isinstance(exclude, str) else exclude)]
+        if not self.include:
+            raise ValueError("include must name at least one pattern (use ['*'] for every layer)")
+        for name, patterns in (("include", self.include), ("exclude", self.exclude)):
+            for pattern in patterns:
+                try:
+                    check_pattern(pattern)
+                except ValueError as err:
+                    raise ValueError(f"{name}: {err}") from err
+        self.module_types = [str(t) for t in module_types]
+        if not self.module_types:
+            raise ValueError(f"module_types must name at least one module class, e.g. {list(DEFAULT_MODULE_TYPES)}")
+        self.overrides = {str(k): _check_fraction(f"overrides[{k!r}]", v) for k, v in dict(overrides or {}).items()}
+        for pattern in self.overrides:
+            try:
+                check_pattern(pattern)
+            except ValueError as err:
+                raise ValueError(f"overrides: {err}") from err
+        self.first_layer_sparsity = (
+            None if first_layer_sparsity is None else _check_fraction("first_layer_sparsity", first_layer_sparsity)
+        )
+        self.last_layer_sparsity = (
+            None if last_layer_sparsity is None else _check_fraction("last_layer_sparsity", last_layer_sparsity)
+        )
+        self.log_layers = log_layers
+
+        # Resolved against the network and the trainer in setup / on_train_start.
+        self.names: list[str] = []
+        self.alone_finals: dict[str, float] = {}
+        self.start_step = 0
+        self.end_step = 0
+        # Saved in checkpoints.
+        self.masks: dict[str, torch.Tensor] = {}
+        self.last_update_step = -1
+        self.target = 0.0
+        self._params: list[nn.Parameter] = []
+        self._float_masks: list[torch.Tensor] = []
+        self._mask_after_step = True
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(final_sparsity=self.final_sparsity, include=tuple(self.include))
+
+    # --- selection -------------------------------------------------------------------------------------------
+
+    def check_model(self, net: nn.Module) -> None:
+        """Resolve the selection on ``net``; raise ``ValueError`` naming the argument when a pattern matches
+        nothing. The run calls this before training starts."""
+        candidates = select_parameters(net, ["*"], [], self.module_types)
+        if not candidates:
+            raise ValueError(f"module_types {self.module_types} match no module with a weight in {type(net).__name__}")
+        for pattern in self.include + self.exclude + list(self.overrides):
+            if not any(name_matches(n, pattern) for n in candidates):
+                arg = "include" if pattern in self.include else "exclude" if pattern in self.exclude else "overrides"
+                raise ValueError(
+                    f"{arg}: pattern {pattern!r} matches no prunable parameter; prunable: {', '.join(candidates)}"
+                )
+        names = select_parameters(net, self.include, self.exclude, self.module_types)
+        if not names:
+            raise ValueError(f"include {self.include} minus exclude {self.exclude} leaves nothing to prune")
+        alone: dict[str, float] = {}  # layers pruned on their own, to their own final sparsity
+        if self.first_layer_sparsity is not None:
+            alone[names[0]] = self.first_layer_sparsity
+        if self.last_layer_sparsity is not None:
+            alone[names[-1]] = self.last_layer_sparsity
+        for pattern, value in self.overrides.items():
+            alone.update({n: value for n in names if name_matches(n, pattern)})
+        self.names = names
+        self.alone_finals = alone
+
+    # --- schedule --------------------------------------------------------------------------------------------
+
+    def _to_step(self, when: int | float, steps_per_epoch: int, total_steps: int) -> int:
+        return int(round(when * total_steps)) if isinstance(when, float) else int(when) * steps_per_epoch
+
+    def target_at(self, step: int, final: float | None = None) -> float:
+        """The scheduled sparsity at optimizer step ``step`` (for a layer whose final sparsity is ``final``)."""
+        final = self.final_sparsity if final is None else final
+        initial = min(self.initial_sparsity, final)
+        return SPARSITY_SCHEDULES[self.schedule](step, initial, final, self.start_step, self.end_step)
+
+    def is_update_step(self, step: int) -> bool:
+        if step < self.start_step or step == self.last_update_step:
+            return False
+        if step >= self.end_step:  # one last update lands exactly on the final sparsity
+            return self.last_update_step < self.end_step
+        return (step - self.start_step) % self.update_every == 0
+
+    # --- hooks -----------------------------------------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.check_model(_target_net(pl_module))
+        max_epochs = trainer.max_epochs
+        for name in ("start", "end"):
+            when = getattr(self, name)
+            if isinstance(when, int) and max_epochs not in (None, -1) and when > max_epochs:
+                raise ValueError(f"{name}={when} epochs is after the end of training (trainer.max_epochs={max_epochs})")
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = int(trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+        if trainer.max_epochs not in (None, -1):
+            steps_per_epoch = max(1, total // trainer.max_epochs)
+        self.start_step = self._to_step(self.start, steps_per_epoch, total)
+        self.end_step = self._to_step(self.end, steps_per_epoch, total)
+        if self.end_step < self.start_step:
+            raise ValueError(f"end ({self.end}) resolves to step {self.end_step}, before start ({self.start}) at "
+                             f"step {self.start_step}")
+        params = dict(_target_net(pl_module).named_parameters())
+        self._params = [params[n] for n in self.names]
+        self._mask_after_step = not all(type(o) in ZERO_PRESERVING_OPTIMIZERS for o in trainer.optimizers)
+        if self.masks:  # resumed: masks came with the checkpoint
+            if list(self.masks) != self.names:
+                raise ValueError(f"the checkpoint's pruning masks cover {list(self.masks)}, but this configuration "
+                                 f"selects {self.names}; resume with the configuration that wrote the checkpoint")
+            self._cache_masks(pl_module.device)
+            self._apply_to_weights()
+        rank_zero_info(
+            f"GradualMagnitudePruning: {len(self.names)} tensors, {self.schedule} schedule to "
+            f"{self.final_sparsity:.1%} from step {self.start_step} to {self.end_step} of {total}"
+        )
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+                             ) -> None:
+        step = trainer.global_step
+        if not self.is_update_step(step):
+            return
+        self._update_masks(trainer, pl_module, step)
+
+    @override
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if not self._float_masks:
+            return
+        pairs = [(p.grad, m) for p, m in zip(self._params, self._float_masks, strict=True) if p.grad is not None]
+        if pairs:
+            apply_masks_([g for g, _ in pairs], [m for _, m in pairs])
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._mask_after_step:
+            self._apply_to_weights()
+
+    @override
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply_to_weights()  # cheap insurance before checkpoints are written
+
+    # --- masks -----------------------------------------------------------------------------------------------
+
+    def _update_masks(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        self.target = self.target_at(step)
+        targets = {n: self.target_at(step, final) for n, final in self.alone_finals.items()}
+        weights = dict(zip(self.names, self._params, strict=True))
+        masks = magnitude_masks(weights, self.target, self.scope, targets)
+        masks = trainer.strategy.broadcast(masks, src=0)  # identical on every rank, whatever the arithmetic
+        self.masks = {n: m.to(self._params[i].device) for i, (n, m) in enumerate(masks.items())}
+        self.last_update_step = step
+        self._cache_masks(pl_module.device)
+        self._apply_to_weights()
+        self._zero_optimizer_state(trainer)
+        self._log(pl_module)
+
+    def _cache_masks(self, device: torch.device) -> None:
+        self._float_masks = [self.masks[n].to(device=p.device, dtype=p.dtype) for n, p in zip(self.names,
+                                                                                               self._params,
+                                                                                               strict=True)]
+
+    def _apply_to_weights(self) -> None:
+        if self._float_masks:
+            with torch.no_grad():
+                apply_masks_([p.data for p in self._params], self._float_masks)
+
+    def _zero_optimizer_state(self, trainer: L.Trainer) -> None:
+        """Momentum buffers and Adam moments of pruned weights go to zero, so nothing pushes them back."""
+        masks = {id(p): m for p, m in zip(self._params, self._float_masks, strict=True)}
+        for optimizer in trainer.optimizers:
+            for param, state in optimizer.state.items():
+                mask = masks.get(id(param))
+                if mask is None:
+                    continue
+                for value in state.values():
+                    if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                        value.mul_(mask)
+
+    def _log(self, pl_module: L.LightningModule) -> None:
+        fields = measured_sparsity(_target_net(pl_module))
+        metrics = {"sparsity/target": self.target, "sparsity/global": fields["sparsity/global"],
+                   "sparsity/pruned": self.pruned_fraction()}
+        if self.log_layers:
+            metrics.update({f"sparsity/{n}": fields[f"sparsity/{n}"] for n in self.names})
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
+
+    def pruned_fraction(self) -> float:
+        """Measured zero fraction of the selected weights."""
+        total = sum(p.numel() for p in self._params)
+        zeros = sum(p.numel() - int(torch.count_nonzero(p.detach())) for p in self._params)
+        return zeros / max(total, 1)
+
+    # --- report, export, checkpoint --------------------------------------------------------------------------
+
+    def report_fields(self, net: nn.Module) -> dict[str, float | int | str]:
+        """Adds the schedule's last target and the selected weights' measured sparsity to the report."""
+        return {"gmp/target_sparsity": self.target, "gmp/pruned_sparsity": self.pruned_fraction(),
+                "gmp/tensors": len(self.names)}
+
+    def export_codecs(self, net: nn.Module) -> dict[str, str]:
+        """Pruned tensors are stored as bitmask + non-zero values."""
+        return {n: "bitmask" for n in self.names}
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": {n: m.detach().cpu().clone() for n, m in self.masks.items()},
+                "last_update_step": self.last_update_step, "target": self.target}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.masks = {n: m.bool() for n, m in state_dict["masks"].items()}
+        self.last_update_step = int(state_dict["last_update_step"])
+        self.target = float(state_dict["target"])

@@ -1,0 +1,1 @@
+"""Pure torch: schedules, parameter selection, masks. Nothing here imports Lightning or Hydra."""

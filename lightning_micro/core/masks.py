@@ -1,0 +1,65 @@
+"""Magnitude masks: which weights to keep so that a target fraction of them is zero.
+
+``True`` in a mask keeps the weight. Ties at the threshold are broken by position (``topk`` order), so a mask
+always prunes exactly ``round(sparsity * n)`` weights and is the same on every process given the same weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+
+def _keep_largest(scores: torch.Tensor, n_prune: int) -> torch.Tensor:
+    keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
+    if n_prune > 0:
+        keep[torch.topk(scores.reshape(-1), n_prune, largest=False, sorted=False).indices] = False
+    return keep.view_as(scores)
+
+
+def layerwise_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: Mapping[str, float]
+                              ) -> dict[str, torch.Tensor]:
+    """Each tensor pruned to its own sparsity by absolute value."""
+    return {
+        name: _keep_largest(w.detach().abs(), int(round(sparsity[name] * w.numel()))) for name, w in weights.items()
+    }
+
+
+def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """All tensors pruned together: the ``sparsity`` fraction of smallest absolute values over their union."""
+    if not weights:
+        return {}
+    flat = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
+    keep = _keep_largest(flat, int(round(sparsity * flat.numel())))
+    masks, offset = {}, 0
+    for name, w in weights.items():
+        masks[name] = keep[offset : offset + w.numel()].view_as(w)
+        offset += w.numel()
+    return masks
+
+
+def magnitude_masks(
+    weights: Mapping[str, torch.Tensor],
+    sparsity: float,
+    scope: str = "global",
+    overrides: Mapping[str, float] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Masks for ``weights`` at ``sparsity``: ``global`` ranks all weights together, ``layerwise`` each tensor
+    alone. Tensors named in ``overrides`` are pruned alone to their own sparsity either way."""
+    overrides = dict(overrides or {})
+    rest = {n: w for n, w in weights.items() if n not in overrides}
+    if scope == "global":
+        masks = global_magnitude_masks(rest, sparsity)
+    elif scope == "layerwise":
+        masks = layerwise_magnitude_masks(rest, {n: sparsity for n in rest})
+    else:
+        raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
+    masks.update(layerwise_magnitude_masks({n: weights[n] for n in overrides}, overrides))
+    return {n: masks[n] for n in weights}
+
+
+def apply_masks_(tensors: Sequence[torch.Tensor], float_masks: Sequence[torch.Tensor]) -> None:
+    """Zero the masked entries of every tensor in one vectorized call."""
+    if tensors:
+        torch._foreach_mul_(list(tensors), list(float_masks))

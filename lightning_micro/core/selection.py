@@ -1,0 +1,53 @@
+"""Pick parameters by fully-qualified name pattern and module type, as YAML can say it.
+
+A pattern is a glob (``fc*.weight``, ``features.*``) or, with the ``re:`` prefix, a regular expression matched
+against the whole name (``re:.*fc[12]\\.weight``). Module types are class names (``Linear``, ``Conv2d``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+
+from torch import nn
+
+
+def name_matches(name: str, pattern: str) -> bool:
+    """Whether a fully-qualified name matches a glob or ``re:`` pattern."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def check_pattern(pattern: str) -> None:
+    """Raise ``ValueError`` for a ``re:`` pattern that is not a valid regular expression."""
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as err:
+            raise ValueError(f"{pattern!r} is not a valid regular expression: {err}") from err
+
+
+def select_parameters(
+    net: nn.Module,
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    module_types: Iterable[str] = ("Linear", "Conv1d", "Conv2d", "Conv3d"),
+    parameter_names: Iterable[str] = ("weight",),
+) -> list[str]:
+    """Fully-qualified names of the parameters named ``parameter_names`` (default: ``weight``) of modules of
+    ``module_types``, whose name matches a pattern of ``include`` and none of ``exclude``; in model order."""
+    types = set(module_types)
+    names = set(parameter_names)
+    chosen = []
+    for module_name, module in net.named_modules():
+        if type(module).__name__ not in types:
+            continue
+        for param_name, _ in module.named_parameters(recurse=False):
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            if param_name in names and any(name_matches(full, p) for p in include) and not any(
+                name_matches(full, p) for p in exclude
+            ):
+                chosen.append(full)
+    return chosen
