@@ -70,7 +70,7 @@ def accuracy(args: argparse.Namespace) -> None:
             deltas = [r["test/acc"] - d["test/acc"] for r, d in zip(result["runs"], dense["runs"], strict=True)]
             result["delta_vs_dense_pp_mean"] = 100 * statistics.mean(deltas)
             result["delta_vs_dense_pp_per_seed"] = [100 * d for d in deltas]
-    write(RESULTS / "gmp_accuracy.json", {"benchmark": "GMP accuracy vs dense and ModelPruning, MNIST, 20 epochs",
+    write(args.out, {"benchmark": "GMP accuracy vs dense and ModelPruning, MNIST, 20 epochs",
                                           "seeds": args.seeds, "results": results})
 
 
@@ -136,6 +136,7 @@ def main() -> None:
     acc.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     acc.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     acc.add_argument("--jobs", type=int, default=2)
+    acc.add_argument("--out", type=Path, default=RESULTS / "gmp_accuracy.json")
     ovh = sub.add_parser("overhead")
     ovh.add_argument("--reps", type=int, default=9)
     ovh.add_argument("--threads", type=int, default=1)
