@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
@@ -116,18 +115,17 @@ def write_run_report(
         dense = instantiate(net_spec, "model.net").eval()
         dense_path = Path(tmp) / "dense.safetensors"
         save_compressed(dense, net_spec, dense_path)
-        with torch.inference_mode(False):
-            report = reporting.build_report(
-                deployed,
-                dense,
-                module.input_shape,
-                artifact_path,
-                dense_path,
-                metrics={k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))},
-                latency_batch_sizes=list(settings.get("latency_batch_sizes", (1, 64))),
-                latency_threads=int(settings.get("latency_threads", 1)),
-                latency_min_run_time=float(settings.get("latency_min_run_time", 0.2)),
-            )
+        report = reporting.build_report(
+            deployed,
+            dense,
+            module.input_shape,
+            artifact_path,
+            dense_path,
+            metrics={k: v for k, v in metrics.items() if k.startswith(("test/", "val/"))},
+            latency_batch_sizes=list(settings.get("latency_batch_sizes", (1, 64))),
+            latency_threads=int(settings.get("latency_threads", 1)),
+            latency_min_run_time=float(settings.get("latency_min_run_time", 0.2)),
+        )
     for callback in trainer.callbacks:
         if isinstance(callback, reporting.ReportContributor):
             report.update(callback.report_fields(module.net))

@@ -113,3 +113,10 @@ def test_compression_default_and_dense(tmp_path):
 def test_paths_follow_lm_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("LM_DATA_DIR", str(tmp_path))
     assert compose_cfg([], tmp_path).paths.data_dir == str(tmp_path)
+
+
+def test_readme_override_syntax_for_layer_targets(tmp_path):
+    cfg = compose_cfg(["compression.gmp.overrides={re\\:.*fc3.*:0.7}", "compression.gmp.scope=layerwise"], tmp_path)
+    technique = instantiate(cfg.compression.gmp, "compression.gmp")
+    technique.check_model(instantiate(cfg.model, "model").net)
+    assert technique.alone_finals == {"fc3.weight": 0.7}
