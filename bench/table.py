@@ -1,9 +1,16 @@
 """Print the README results rows from bench/results/*.json: python bench/table.py"""
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def baseline_rows(payload: dict) -> list[str]:
@@ -18,5 +25,33 @@ def baseline_rows(payload: dict) -> list[str]:
     return rows
 
 
+def gmp_rows(payload: dict) -> list[str]:
+    rows = []
+    for name, result in payload["results"].items():
+        runs = result["runs"]
+        per_seed = " ".join(f"{r['test/acc']:.2%}" for r in runs)
+        delta = result.get("delta_vs_dense_pp_mean")
+        rows.append(
+            f"| {name} | `{' '.join(result['overrides'])}` | "
+            f"{runs[0]['sparsity/global']:.1%} | {result['test_acc_mean']:.2%} ({per_seed}) | "
+            f"{'-' if delta is None else f'{delta:+.2f}'} | {runs[0]['size/ratio']:.1f}x |"
+        )
+    return rows
+
+
+def overhead_rows(payload: dict) -> list[str]:
+    return [
+        f"| {name} | {r['ratio_median']:.3f}x | {r['ratio_q1']:.3f} - {r['ratio_q3']:.3f} | "
+        f"{r['ratio_min']:.3f} - {r['ratio_max']:.3f} | {payload['reps']} |"
+        for name, r in payload["results"].items()
+    ]
+
+
 if __name__ == "__main__":
-    print("\n".join(baseline_rows(json.loads((RESULTS / "baselines.json").read_text()))))
+    for title, name, render in (("baselines", "baselines.json", baseline_rows),
+                                ("gmp lenet300", "gmp_accuracy_lenet300.json", gmp_rows),
+                                ("gmp lenet5", "gmp_accuracy_lenet5.json", gmp_rows),
+                                ("gmp overhead", "gmp_overhead.json", overhead_rows)):
+        payload = load(name)
+        if payload:
+            print(f"\n{title}:\n" + "\n".join(render(payload)))

@@ -132,7 +132,8 @@ class GradualMagnitudePruning(Callback):
         self.exclude = [str(p) for p in ([exclude] if isinstance(exclude, str) else exclude)]
         if not self.include:
             raise ValueError("include must name at least one pattern (use ['*'] for every layer)")
-        for name, patterns in (("include", self.include), ("exclude", self.exclude)):
+        self.overrides = {str(k): _check_fraction(f"overrides[{k!r}]", v) for k, v in dict(overrides or {}).items()}
+        for name, patterns in (("include", self.include), ("exclude", self.exclude), ("overrides", self.overrides)):
             for pattern in patterns:
                 try:
                     check_pattern(pattern)
@@ -141,12 +142,6 @@ class GradualMagnitudePruning(Callback):
         self.module_types = [str(t) for t in module_types]
         if not self.module_types:
             raise ValueError(f"module_types must name at least one module class, e.g. {list(DEFAULT_MODULE_TYPES)}")
-        self.overrides = {str(k): _check_fraction(f"overrides[{k!r}]", v) for k, v in dict(overrides or {}).items()}
-        for pattern in self.overrides:
-            try:
-                check_pattern(pattern)
-            except ValueError as err:
-                raise ValueError(f"overrides: {err}") from err
         self.first_layer_sparsity = (
             None if first_layer_sparsity is None else _check_fraction("first_layer_sparsity", first_layer_sparsity)
         )
