@@ -51,6 +51,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     if rank_zero_only.rank == 0:
         check_output_dir_is_free(output_dir)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise ConfigError("ckpt_path", f"{ckpt_path!r} is not a checkpoint file (e.g. <run>/checkpoints/last.ckpt)")
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data, "data")
@@ -66,7 +69,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(to_plain(cfg))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     trainer.test(module, datamodule=datamodule)  # the final weights: what the compression produced
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})

@@ -75,6 +75,7 @@ def test_existing_run_outputs_are_never_overwritten(tmp_path):
         (["data=mnist", "paths.data_dir=/no/such/dir"], ConfigError, r"^data: .*data_dir '/no/such/dir' is not an"),
         (["+callbacks.early_stop.monitor=val/acc"], ConfigError, r"^callbacks\.early_stop: this node needs a _target_"),
         (["data=mnist", "model=lenet5", "model.net.num_classes=7"], ConfigError, r"^model\.net: .*expected \(2, 10\)"),
+        (["ckpt_path=/no/such.ckpt"], ConfigError, r"^ckpt_path: '/no/such.ckpt' is not a checkpoint file"),
     ],
 )
 def test_bad_input_fails_before_training(overrides, error, message, tmp_path):
@@ -91,3 +92,13 @@ def test_missing_dataset_fails_before_training(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"^data\.data_dir: MNIST is not under"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_ckpt_path_resumes_into_a_new_run_dir(tmp_path):
+    train(compose_cfg([*FAST, "trainer.max_epochs=2"], tmp_path / "first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    train(compose_cfg([*FAST, "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path / "second"))
+    resumed = torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["epoch"] == 2  # one more epoch, not three
+    assert any(key.startswith("GradualMagnitudePruning") for key in resumed["callbacks"])
