@@ -146,7 +146,10 @@ def main() -> None:
     args = parser.parse_args()
     if not os.environ.get("LM_DATA_DIR"):
         sys.exit("set LM_DATA_DIR to the folder holding MNIST/raw (here: LM_DATA_DIR=../shared/data)")
-    accuracy(args) if args.command == "accuracy" else overhead(args)
+    if args.command == "accuracy":
+        accuracy(args)
+    else:
+        overhead(args)
 
 
 if __name__ == "__main__":

@@ -229,8 +229,6 @@ class GradualMagnitudePruning(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         total = int(trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
-        if trainer.max_epochs not in (None, -1):
-            steps_per_epoch = max(1, total // trainer.max_epochs)
         self.start_step = self._to_step(self.start, steps_per_epoch, total)
         self.end_step = self._to_step(self.end, steps_per_epoch, total)
         if self.end_step < self.start_step:
