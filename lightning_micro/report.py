@@ -2,12 +2,15 @@
 
 Pure torch; no Lightning. Every figure is measured, none estimated:
 
-- ``params/*`` and ``sparsity/*`` count the network's parameters (zeros counted exactly).
+- ``params/*`` and ``sparsity/*`` count the network's parameters (zeros counted exactly), including weights
+  that are not ``nn.Parameter``s in a deployed network: torch.ao's integer modules keep theirs packed, low-bit
+  layers keep integer codes (see :func:`weight_tensors`).
 - ``size/*`` are bytes of real files: the artifact, and the plain fp32 export of the same network class built
   fresh from its config (``size/dense_bytes``).
 - ``macs/*`` come from ``torch.utils.flop_counter`` while the network runs one image (FLOPs / 2, matmul and
-  convolution ops). ``macs/dense`` runs the freshly built dense network, ``macs/effective`` the artifact as
-  reloaded: a sparse network run by dense kernels executes every MAC, so its effective count equals the dense one.
+  convolution ops, and the integer ``quantized::linear`` / ``quantized::conv*`` ops, counted from their packed
+  weights). ``macs/dense`` runs the freshly built dense network, ``macs/effective`` the artifact as reloaded: a
+  sparse network run by dense kernels executes every MAC, so its effective count equals the dense one.
 - ``latency/*`` are medians of ``torch.utils.benchmark`` on the CPU with a fixed thread count, the dense
   network and the reloaded artifact measured in alternation in one process; ``latency/speedup_*`` is their ratio.
 
@@ -40,29 +43,67 @@ class ReportContributor(Protocol):
     def report_fields(self, net: nn.Module) -> Mapping[str, ReportValue]: ...
 
 
+def weight_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The network's learned tensors by name, as float values: its parameters, the weights of torch.ao's
+    integer modules (packed, read through their ``weight()`` / ``bias()`` methods and dequantized) and the
+    decoded weights of low-bit layers (a ``weight`` buffer beside the integer codes)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for module_name, module in net.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        weight = getattr(module, "weight", None)
+        if callable(weight) and not isinstance(weight, torch.Tensor):  # torch.ao.nn.quantized modules
+            tensors[prefix + "weight"] = weight().dequantize()
+            bias = module.bias() if callable(getattr(module, "bias", None)) else None
+            if bias is not None:
+                tensors[prefix + "bias"] = bias.detach()
+            continue
+        for name, param in module._parameters.items():
+            if param is not None:
+                tensors[prefix + name] = param.detach()
+        if "weight" in module._buffers and "weight" not in module._parameters and module._buffers["weight"] is not None:
+            tensors[prefix + "weight"] = module._buffers["weight"]
+    return tensors
+
+
 def parameter_counts(net: nn.Module) -> dict[str, int]:
-    """``params/total`` and ``params/nonzero`` over all parameters."""
-    total = sum(p.numel() for p in net.parameters())
-    nonzero = sum(int(torch.count_nonzero(p.detach())) for p in net.parameters())
+    """``params/total`` and ``params/nonzero`` over all learned tensors (:func:`weight_tensors`)."""
+    tensors = weight_tensors(net).values()
+    total = sum(t.numel() for t in tensors)
+    nonzero = sum(int(torch.count_nonzero(t)) for t in tensors)
     return {"params/total": total, "params/nonzero": nonzero}
 
 
 def sparsity(net: nn.Module) -> dict[str, float]:
-    """``sparsity/global`` (zero fraction of all parameters) and ``sparsity/<name>`` for each weight matrix or
-    kernel (parameters with two or more dimensions)."""
+    """``sparsity/global`` (zero fraction of all learned tensors) and ``sparsity/<name>`` for each weight
+    matrix or kernel (tensors with two or more dimensions)."""
     counts = parameter_counts(net)
     fields = {"sparsity/global": 1.0 - counts["params/nonzero"] / max(counts["params/total"], 1)}
-    for name, param in net.named_parameters():
-        if param.dim() >= 2:
-            fields[f"sparsity/{name}"] = 1.0 - int(torch.count_nonzero(param.detach())) / param.numel()
+    for name, tensor in weight_tensors(net).items():
+        if tensor.dim() >= 2:
+            fields[f"sparsity/{name}"] = 1.0 - int(torch.count_nonzero(tensor)) / tensor.numel()
     return fields
+
+
+def _quantized_op_flops(x, packed_params, *args, out_val=None, **kwargs) -> int:
+    # Integer linear / convolution: each output element takes one MAC per weight of its output channel.
+    weight = packed_params.unpack()[0]
+    return 2 * out_val.numel() * weight[0].numel()
+
+
+_quantized_op_flops._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode: pass the packed weights
+
+
+def _quantized_flop_formulas() -> dict[Any, Any]:
+    ops = torch.ops.quantized
+    names = ("linear", "linear_relu", "conv1d", "conv1d_relu", "conv2d", "conv2d_relu", "conv3d", "conv3d_relu")
+    return {getattr(ops, name): _quantized_op_flops for name in names}
 
 
 def count_macs(net: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-accumulates of one forward pass of one image, counted by running the network."""
     was_training = net.training
     net.eval()
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_quantized_flop_formulas())
     try:
         with torch.no_grad(), counter:
             net(torch.zeros(1, *input_shape))

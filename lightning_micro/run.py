@@ -108,11 +108,15 @@ def write_run_report(
     settings = cfg.get("report") or {}
     net_spec = module.net_spec
     artifact_path = output_dir / ARTIFACT_NAME
+    for callback in trainer.callbacks:  # e.g. int8 conversion, when fit did not end on the CPU
+        if hasattr(callback, "finalize"):
+            callback.finalize(module)
     codecs: dict[str, str] = {}
+    state_keys = set(module.net.state_dict())
     for callback in trainer.callbacks:
-        if hasattr(callback, "export_codecs"):
-            codecs.update(callback.export_codecs(module.net))
-    save_compressed(module.net, net_spec, artifact_path, codecs)
+        if hasattr(callback, "export_codecs"):  # later callbacks win for a key both name
+            codecs.update({k: v for k, v in callback.export_codecs(module.net).items() if k in state_keys})
+    save_compressed(module.net, net_spec, artifact_path, codecs, module.transforms)
     deployed = load_compressed(artifact_path)  # measure what a user gets from the file, not the training copy
     with tempfile.TemporaryDirectory() as tmp:
         dense = instantiate(net_spec, "model.net").eval()

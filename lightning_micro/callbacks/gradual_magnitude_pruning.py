@@ -16,6 +16,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from lightning_micro.callbacks.arguments import check_fraction as _check_fraction
+from lightning_micro.callbacks.arguments import check_when as _check_when
+from lightning_micro.callbacks.arguments import target_net as _target_net
 from lightning_micro.core.masks import apply_masks_, magnitude_masks
 from lightning_micro.core.schedules import SPARSITY_SCHEDULES
 from lightning_micro.core.selection import check_pattern, name_matches, select_parameters
@@ -29,34 +32,6 @@ ZERO_PRESERVING_OPTIMIZERS = (
     torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.Adagrad,
     torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam,
 )
-
-
-def _check_fraction(name: str, value: Any, upper_open: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
-    ):
-        allowed = "[0, 1)" if upper_open else "[0, 1]"
-        raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
-    return float(value)
-
-
-def _check_when(name: str, value: Any) -> int | float:
-    """An epoch (int >= 0) or a fraction of the run (float in [0, 1])."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(
-            f"{name} must be an epoch (int >= 0) or a fraction of the run (float in [0, 1]), got {value!r}"
-        )
-    if isinstance(value, int) and value < 0:
-        raise ValueError(f"{name} must be an epoch >= 0, got {value}")
-    if isinstance(value, float) and not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"{name}={value} is a float outside [0, 1]: floats are fractions of the run; write epochs as integers"
-        )
-    return value
-
-
-def _target_net(pl_module: L.LightningModule) -> nn.Module:
-    return pl_module.net if isinstance(getattr(pl_module, "net", None), nn.Module) else pl_module
 
 
 class GradualMagnitudePruning(Callback):
@@ -218,7 +193,8 @@ class GradualMagnitudePruning(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        self.check_model(_target_net(pl_module))
+        if not self.names:  # the run resolved the selection on the network as configured, before any transform
+            self.check_model(_target_net(pl_module))
         max_epochs = trainer.max_epochs
         for name in ("start", "end"):
             when = getattr(self, name)

@@ -29,6 +29,12 @@ def check_pattern(pattern: str) -> None:
             raise ValueError(f"{pattern!r} is not a valid regular expression: {err}") from err
 
 
+def is_of_type(module: nn.Module, type_names: Iterable[str]) -> bool:
+    """Whether ``module``'s class, or one of its base classes, has one of the names ``type_names``."""
+    names = set(type_names)
+    return any(cls.__name__ in names for cls in type(module).__mro__)
+
+
 def select_parameters(
     net: nn.Module,
     include: Sequence[str] = ("*",),
@@ -37,12 +43,13 @@ def select_parameters(
     parameter_names: Iterable[str] = ("weight",),
 ) -> list[str]:
     """Fully-qualified names of the parameters named ``parameter_names`` (default: ``weight``) of modules of
-    ``module_types``, whose name matches a pattern of ``include`` and none of ``exclude``; in model order."""
+    ``module_types`` (a class or a base class of that name: a fake-quantized ``Linear`` is a ``Linear``), whose
+    name matches a pattern of ``include`` and none of ``exclude``; in model order."""
     types = set(module_types)
     names = set(parameter_names)
     chosen = []
     for module_name, module in net.named_modules():
-        if type(module).__name__ not in types:
+        if not is_of_type(module, types):
             continue
         for param_name, _ in module.named_parameters(recurse=False):
             full = f"{module_name}.{param_name}" if module_name else param_name

@@ -10,7 +10,10 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_micro.core import transforms
 from lightning_micro.instantiate import ConfigError, instantiate, to_plain
+
+TRANSFORMS_KEY = "lightning_micro/transforms"  # where checkpoints keep the network's structural record
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -73,6 +76,9 @@ class ClassifierModule(L.LightningModule):
         self._check_optimizer()
         self._check_shapes()
         self.example_input_array = torch.zeros(1, *self.input_shape)
+        # Structural changes applied to ``net`` (see lightning_micro.core.transforms), in order; saved in
+        # checkpoints and replayed before their weights load.
+        self.transforms: transforms.Record = []
         self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
@@ -110,6 +116,22 @@ class ClassifierModule(L.LightningModule):
                 f"{type(self.net).__name__} returned {shape} for a batch of 2, expected (2, {self.num_classes}) "
                 "logits (num_classes, set from data.num_classes)",
             )
+
+    def apply_transform(self, transform: str, **args: Any) -> nn.Module:
+        """Change the network's structure with a registered transform and record it (see
+        :mod:`lightning_micro.core.transforms`). Parameters the transform replaces are new objects: a caller
+        doing this after the optimizer was built must rebuild it."""
+        self.net = transforms.apply(self.net, self.transforms, transform, **args)
+        return self.net
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TRANSFORMS_KEY] = [dict(entry) for entry in self.transforms]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before it loads the state dict (on resume and in load_from_checkpoint), so the
+        # network gets the structure the saved weights were trained in.
+        for entry in transforms.remaining(self.transforms, checkpoint.get(TRANSFORMS_KEY, [])):
+            self.apply_transform(entry["transform"], **entry["args"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -1,0 +1,113 @@
+"""Structural transforms of a network, and the plain record that replays them.
+
+A technique that changes a network's structure (inserts fake quantization, converts to integer kernels,
+swaps layers for factorized ones) does it through a named transform registered in :data:`TRANSFORMS`:
+``function(net, **args) -> net``, with plain (JSON) arguments. Every applied transform is appended to the
+network's *record*, a list of ``{"transform": name, "args": {...}}``. The record travels with the weights:
+in checkpoints (``ClassifierModule.on_save_checkpoint``) and in the exported artifact's metadata. Replaying it
+on a freshly built network gives a network whose ``state_dict`` keys and shapes match the saved weights, so
+they load with ``strict=True``: on resume, in ``load_from_checkpoint`` and in ``load_compressed``.
+
+Example:
+    >>> from lightning_micro.models import LeNet300
+    >>> record = [{"transform": "weight_fake_quant",
+    ...            "args": {"layers": ["fc1"], "bits": 4, "per_channel": True, "symmetric": True}}]
+    >>> type(replay(LeNet300([1, 8, 8]), record).fc1).__name__
+    'FakeQuantLinear'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from lightning_micro.core import int8_backend
+from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WeightQuantSpec, to_low_bit
+
+Record = list[dict[str, Any]]
+
+
+def replace_module(net: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule called ``name`` (dotted path) was."""
+    parent_name, _, child = name.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    setattr(parent, child, new)
+
+
+def _weight_fake_quant(net: nn.Module, layers: Sequence[str], bits: int, per_channel: bool, symmetric: bool
+                       ) -> nn.Module:
+    spec = WeightQuantSpec(bits, per_channel, symmetric)
+    for name in layers:
+        layer = net.get_submodule(name)
+        fake = FAKE_QUANT_TYPES.get(type(layer))
+        if fake is None:
+            raise ValueError(f"{name} is a {type(layer).__name__}; low-bit weights are implemented for "
+                             f"{sorted(t.__name__ for t in FAKE_QUANT_TYPES)}")
+        replace_module(net, name, fake.from_float(layer, spec))
+    return net
+
+
+def _weight_low_bit(net: nn.Module, layers: Sequence[str], bits: int, per_channel: bool, symmetric: bool
+                    ) -> nn.Module:
+    spec = WeightQuantSpec(bits, per_channel, symmetric)
+    float_types = {fake: plain for plain, fake in FAKE_QUANT_TYPES.items()}
+    for name in layers:
+        layer = net.get_submodule(name)
+        float_type = float_types.get(type(layer), type(layer))
+        replace_module(net, name, to_low_bit(layer, spec, float_type))
+    return net
+
+
+def _int8_qat_prepare(net: nn.Module, input_shape: Sequence[int], per_channel: bool, symmetric: bool,
+                      skip: Sequence[str], backend: str) -> nn.Module:
+    return int8_backend.prepare_qat(net, input_shape, per_channel, symmetric, skip, backend)
+
+
+def _int8_convert(net: nn.Module) -> nn.Module:
+    return int8_backend.convert(net)
+
+
+TRANSFORMS: dict[str, Callable[..., nn.Module]] = {
+    "weight_fake_quant": _weight_fake_quant,  # low-bit weights trained with a straight-through estimator
+    "weight_low_bit": _weight_low_bit,  # ...and stored as integer codes, run as decoded float weights
+    "int8_qat_prepare": _int8_qat_prepare,  # torch.ao FX: fake-quantized weights and activations
+    "int8_convert": _int8_convert,  # torch.ao FX: the integer network
+}
+
+
+def apply(net: nn.Module, record: Record, transform: str, **args: Any) -> nn.Module:
+    """Apply one registered transform to ``net``, append it to ``record`` and return the new network."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; registered: {sorted(TRANSFORMS)}")
+    args = json.loads(json.dumps(args))  # plain JSON from here on, so saved and live records compare equal
+    net = TRANSFORMS[transform](net, **args)
+    record.append({"transform": transform, "args": args})
+    return net
+
+
+def replay(net: nn.Module, record: Sequence[Mapping[str, Any]]) -> nn.Module:
+    """Apply the transforms of ``record`` in order to a freshly built ``net`` and return the result."""
+    for entry in record:
+        name = entry["transform"]
+        if name not in TRANSFORMS:
+            raise ValueError(f"the record names transform {name!r}, which this version does not know "
+                             f"(known: {sorted(TRANSFORMS)})")
+        net = TRANSFORMS[name](net, **entry["args"])
+    return net
+
+
+def remaining(applied: Sequence[Mapping[str, Any]], saved: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The transforms of ``saved`` not yet applied, given that ``applied`` were (which must start ``saved``).
+
+    Raises:
+        ValueError: ``applied`` is not a prefix of ``saved``: the network was transformed differently from the
+            one whose weights are being loaded.
+    """
+    applied, saved = [dict(e) for e in applied], [dict(e) for e in saved]
+    if saved[: len(applied)] != applied:
+        raise ValueError(f"the saved weights come from a network transformed by {saved}, but this network was "
+                         f"transformed by {applied}; rebuild it with the configuration that saved them")
+    return saved[len(applied):]
