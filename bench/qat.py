@@ -59,8 +59,9 @@ def run_one(name: str, seed: int, extra: list[str]) -> dict:
         raise RuntimeError(f"{name} seed {seed} failed:\n{out.stderr[-3000:]}")
     report = json.loads((run_dir / "compression_report.json").read_text())
     print(f"{name} seed {seed}: test/acc {report['test/acc']:.4f} size/ratio {report['size/ratio']:.2f}", flush=True)
-    return {"seed": seed, "command": "python train.py " + " ".join(args[:-1]), "run_dir": str(run_dir.relative_to(ROOT)),
-            "wall_s": round(time.perf_counter() - started, 1), **{k: report.get(k) for k in REPORT_KEYS}}
+    return {"seed": seed, "command": "python train.py " + " ".join(args[:-1]),
+            "run_dir": str(run_dir.relative_to(ROOT)), "wall_s": round(time.perf_counter() - started, 1),
+            **{k: report.get(k) for k in REPORT_KEYS}}
 
 
 def accuracy(args: argparse.Namespace) -> None:

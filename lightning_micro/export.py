@@ -25,8 +25,8 @@ Example:
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
