@@ -17,6 +17,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_micro.callbacks.arguments import check_when, target_net
+from lightning_micro.callbacks.structure import transform_during_fit
 from lightning_micro.core import int8_backend
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WEIGHT_BITS, WeightQuantSpec
 from lightning_micro.core.selection import check_pattern, is_of_type, name_matches
@@ -41,11 +42,13 @@ class QuantizationAwareTraining(Callback):
       ``mean|w| * sign(w)`` per channel, BinaryConnect/XNOR-Net). At the end of fit they become integer codes
       (exported bit-packed) that the deployed layers decode to float weights once, at load.
 
-    The network is prepared in ``setup`` (before any optimizer exists), and computes in float until epoch
-    ``start``; then fake quantization is on. Observers (int8) update the ranges from the training batches (not
-    from validation) until ``freeze_observers``; fused BatchNorms update their statistics until ``freeze_bn``
-    (Jacob et al. 2018). All of it is a function of the epoch, so a resumed run continues exactly; the
-    checkpoint's record of transforms re-prepares the network before its weights load.
+    The network trains in float until epoch ``start``, then it is prepared (modules replaced by their
+    fake-quantized versions, the optimizer rebuilt with its state carried over) and trains quantization-aware:
+    fine-tuning a float-trained network, the usual recipe. With ``start=0`` it is prepared in ``setup`` and
+    trains quantized from scratch. Observers (int8) update the ranges from the training batches (not from
+    validation) until ``freeze_observers``; fused BatchNorms update their statistics until ``freeze_bn`` (Jacob
+    et al. 2018). All of it is a function of the epoch, so a resumed run continues exactly; the checkpoint's
+    record of transforms re-prepares the network before its weights load.
 
     Composes with pruning (``compression=[gmp,qat]``): zero is exactly representable in every scheme, so pruned
     weights stay zero through fake quantization and conversion, and the integer codes are stored sparse.
@@ -176,24 +179,28 @@ class QuantizationAwareTraining(Callback):
         if max_epochs is not None and self._epochs["start"] >= max_epochs:
             raise ValueError(f"start={self.start} is at or after the end of training "
                              f"(trainer.max_epochs={max_epochs}): no epoch would train quantized")
-        if any(entry["transform"] == PREPARE[self.mode] for entry in pl_module.transforms):
-            return  # prepared already (a second fit on the same module)
         if not self.layers:
             self.check_model(target_net(pl_module))
-        if self.mode == "int8":
-            pl_module.apply_transform(PREPARE["int8"], input_shape=list(pl_module.input_shape),
-                                      per_channel=self.per_channel, symmetric=self.symmetric,
-                                      skip=self.skipped, backend=self.backend)
-        else:
-            pl_module.apply_transform(PREPARE["weights"], layers=self.layers, bits=self.weight_bits,
-                                      per_channel=self.per_channel, symmetric=self.symmetric)
-        # Nothing is observed or quantized before the first training epoch: a model summary's forward of an
-        # all-zero example would otherwise set every range to [0, 0], which the moving averages then need
-        # hundreds of steps to leave, saturating every activation meanwhile.
-        self._set_phase(target_net(pl_module), epoch=-1, observing=False)
+        if self._epochs["start"] == 0 and not self._prepared(pl_module):
+            name, args = self._prepare_args(pl_module)
+            pl_module.apply_transform(name, **args)
+            # Nothing is observed or quantized before the first training step: a model summary's forward of an
+            # all-zero example would otherwise set every range to [0, 0], which the moving averages then need
+            # hundreds of steps to leave, saturating every activation meanwhile.
+            self._set_phase(target_net(pl_module), epoch=-1, observing=False)
         rank_zero_info(f"QuantizationAwareTraining: {self.weight_bits}-bit weights, "
                        f"{self.activation_bits}-bit activations, {len(self.layers)} layers, from epoch "
                        f"{self._epochs['start']}")
+
+    def _prepare_args(self, pl_module: L.LightningModule) -> tuple[str, dict[str, Any]]:
+        if self.mode == "int8":
+            return PREPARE["int8"], {"input_shape": list(pl_module.input_shape), "per_channel": self.per_channel,
+                                     "symmetric": self.symmetric, "skip": self.skipped, "backend": self.backend}
+        return PREPARE["weights"], {"layers": self.layers, "bits": self.weight_bits, "per_channel": self.per_channel,
+                                    "symmetric": self.symmetric}
+
+    def _prepared(self, pl_module: L.LightningModule) -> bool:
+        return any(entry["transform"] == PREPARE[self.mode] for entry in pl_module.transforms)
 
     @staticmethod
     def _to_epoch(name: str, when: int | float | None, max_epochs: int | None) -> int | None:
@@ -212,7 +219,7 @@ class QuantizationAwareTraining(Callback):
         quantizing = epoch >= 0 and epoch >= self._epochs["start"]
         frozen_observers = self._epochs["freeze_observers"] is not None and epoch >= self._epochs["freeze_observers"]
         frozen_bn = self._epochs["freeze_bn"] is not None and epoch >= self._epochs["freeze_bn"]
-        if self.mode == "int8":  # observers calibrate in the float epochs too, so the ranges are right at start
+        if self.mode == "int8":
             int8_backend.set_fake_quant(net, quantizing)
             int8_backend.set_observers(net, observing and not frozen_observers)
             int8_backend.freeze_bn_stats(net, frozen_bn)
@@ -226,14 +233,24 @@ class QuantizationAwareTraining(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._set_phase(target_net(pl_module), trainer.current_epoch)
-        if trainer.current_epoch == self._epochs["start"]:
-            rank_zero_info(f"QuantizationAwareTraining: fake quantization on from epoch {trainer.current_epoch}")
+        epoch = trainer.current_epoch
+        if epoch >= self._epochs["start"] and not self._prepared(pl_module):
+            # Fine-tuning a float-trained network: prepare it now (modules replaced, optimizer rebuilt).
+            name, args = self._prepare_args(pl_module)
+            transform_during_fit(trainer, pl_module, name, **args)
+        if self._prepared(pl_module):
+            self._set_phase(target_net(pl_module), epoch)
+        if epoch == self._epochs["start"]:
+            rank_zero_info(f"QuantizationAwareTraining: fake quantization on from epoch {epoch}")
+
+    def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        # The sanity check runs before any training batch: it stays as it is.
+        return bool(self._epochs) and self._prepared(pl_module) and not self._converted(pl_module) and not (
+            trainer.sanity_checking)
 
     @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Ranges come from training batches only; the sanity check runs before any, so it stays in float.
-        if not self._converted(pl_module) and self._epochs and not trainer.sanity_checking:
+        if self._active(trainer, pl_module):  # ranges come from training batches only
             self._set_phase(target_net(pl_module), trainer.current_epoch, observing=False)
 
     @override
@@ -242,7 +259,7 @@ class QuantizationAwareTraining(Callback):
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._converted(pl_module) and self._epochs and not trainer.sanity_checking:
+        if self._active(trainer, pl_module):
             self._set_phase(target_net(pl_module), trainer.current_epoch)
 
     @override
@@ -254,7 +271,7 @@ class QuantizationAwareTraining(Callback):
 
     def finalize(self, pl_module: L.LightningModule) -> None:
         """Convert the trained network to its deployable form (integer kernels, or integer-coded weights)."""
-        if self._converted(pl_module) or not any(e["transform"] == PREPARE[self.mode] for e in pl_module.transforms):
+        if self._converted(pl_module) or not self._prepared(pl_module):
             return
         if self.mode == "int8":
             pl_module.cpu()

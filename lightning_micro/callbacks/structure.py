@@ -1,0 +1,55 @@
+"""Changing a network's structure in the middle of a fit: the Lightning side of
+:mod:`lightning_micro.core.transforms`.
+
+:func:`transform_during_fit` applies a registered transform to the module's network (recorded, so checkpoints
+and the artifact replay it), then rebuilds what was built for the old parameters: the optimizers and their
+schedulers (through ``configure_optimizers``, as Lightning does at the start of fit, so a resumed run builds
+the same ones), and the DDP wrapper. Optimizer state (momentum, Adam moments) and per-group hyper-parameters
+carry over to the parameters that keep their name and shape; schedulers keep their position.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+
+def transform_during_fit(trainer: L.Trainer, pl_module: L.LightningModule, transform: str, **args: Any) -> None:
+    """Apply ``transform`` to ``pl_module.net`` between training steps and rebuild the training state around it.
+
+    ``pl_module`` must offer ``apply_transform`` (``lightning_micro.models.ClassifierModule`` does).
+    """
+    names = {id(p): n for n, p in pl_module.named_parameters()}
+    old_state = {}
+    old_groups = []
+    for optimizer in trainer.optimizers:
+        for param, state in optimizer.state.items():
+            if id(param) in names:
+                old_state[names[id(param)]] = (tuple(param.shape), state)
+        old_groups.append([{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups])
+    old_schedulers = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+
+    pl_module.apply_transform(transform, **args)
+    pl_module.to(trainer.strategy.root_device)
+
+    strategy = trainer.strategy
+    if isinstance(strategy.model, DistributedDataParallel):  # it holds the old parameters' gradient buckets
+        strategy.model = strategy._setup_model(strategy.lightning_module)
+    strategy.setup_optimizers(trainer)
+    new_params = dict(pl_module.named_parameters())
+    for optimizer, groups in zip(trainer.optimizers, old_groups, strict=False):
+        for group, old in zip(optimizer.param_groups, groups, strict=False):
+            group.update(old)  # the learning rate the schedule had reached, and the rest
+        for name, param in new_params.items():
+            carried = old_state.get(name)
+            if carried is not None and carried[0] == tuple(param.shape) and _owns(optimizer, param):
+                optimizer.state[param] = carried[1]
+    for config, state in zip(trainer.lr_scheduler_configs, old_schedulers, strict=False):
+        config.scheduler.load_state_dict(state)
+
+
+def _owns(optimizer: torch.optim.Optimizer, param: torch.nn.Parameter) -> bool:
+    return any(param is p for group in optimizer.param_groups for p in group["params"])

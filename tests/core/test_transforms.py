@@ -1,0 +1,58 @@
+"""The record of structural transforms: applied, serialized, replayed, compared."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lightning_micro.core import transforms
+from lightning_micro.core.quantizers import FakeQuantLinear
+from lightning_micro.models import LeNet300
+
+ARGS = {"layers": ["fc1", "fc3"], "bits": 4, "per_channel": True, "symmetric": True}
+
+
+def test_apply_records_plain_json_and_replay_rebuilds_the_same_structure():
+    record: transforms.Record = []
+    net = transforms.apply(LeNet300([1, 8, 8]), record, "weight_fake_quant", **{**ARGS, "layers": ("fc1", "fc3")})
+    assert record == [{"transform": "weight_fake_quant", "args": ARGS}]  # tuples became lists
+    saved = json.loads(json.dumps(record))
+    fresh = transforms.replay(LeNet300([1, 8, 8]), saved)
+    assert [type(m).__name__ for m in fresh.children()] == [type(m).__name__ for m in net.children()]
+    assert isinstance(fresh.fc1, FakeQuantLinear) and type(fresh.fc2) is torch.nn.Linear
+    fresh.load_state_dict(net.state_dict(), strict=True)
+
+
+def test_low_bit_record_replays_into_a_network_that_takes_the_codes():
+    record: transforms.Record = []
+    net = transforms.apply(LeNet300([1, 8, 8]), record, "weight_fake_quant", **ARGS)
+    net = transforms.apply(net, record, "weight_low_bit", **ARGS)
+    fresh = transforms.replay(LeNet300([1, 8, 8]), record)
+    fresh.load_state_dict(net.state_dict(), strict=True)
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(fresh(x), net(x))
+
+
+def test_remaining_gives_the_suffix_and_refuses_a_different_history():
+    first = {"transform": "weight_fake_quant", "args": ARGS}
+    second = {"transform": "weight_low_bit", "args": ARGS}
+    assert transforms.remaining([], [first, second]) == [first, second]
+    assert transforms.remaining([first], [first, second]) == [second]
+    other = {"transform": "weight_fake_quant", "args": {**ARGS, "bits": 2}}
+    with pytest.raises(ValueError, match="transformed by"):
+        transforms.remaining([other], [first])
+
+
+def test_unknown_transform_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="unknown transform 'prune_rows'.*weight_fake_quant"):
+        transforms.apply(LeNet300([1, 8, 8]), [], "prune_rows")
+    with pytest.raises(ValueError, match="does not know"):
+        transforms.replay(LeNet300([1, 8, 8]), [{"transform": "prune_rows", "args": {}}])
+
+
+def test_replace_module_by_dotted_name():
+    net = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    transforms.replace_module(net, "0.0", torch.nn.Identity())
+    assert isinstance(net[0][0], torch.nn.Identity)
