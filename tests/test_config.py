@@ -104,7 +104,7 @@ def test_compression_options_instantiate(compression, tmp_path):
 
 
 def test_compression_default_and_dense(tmp_path):
-    assert list(compose_cfg([], tmp_path).compression) == ["gmp"]
+    assert list(compose_cfg([], tmp_path).compression) == ["gmp", "qat"]  # prune, then quantize
     dense = compose_cfg(["compression=[]"], tmp_path)
     assert dict(dense.compression) == {}
     assert instantiate_each(dense.compression, "compression") == []

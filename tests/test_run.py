@@ -28,8 +28,11 @@ def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path)
     assert report["test/acc"] == pytest.approx(metrics["test/acc"])
     assert report["test/acc"] > 0.5  # two epochs on digits learn something
     assert report["size/artifact_bytes"] == (tmp_path / "model.safetensors").stat().st_size
-    assert report["gmp/pruned_sparsity"] == pytest.approx(0.9, abs=1e-4)  # the default: compression=[gmp]
-    assert report["size/ratio"] > 3  # stored sparse
+    # The default, compression=[gmp,qat]: pruned to 90%, then int8 (torch.ao), stored sparse and quantized.
+    assert report["gmp/pruned_sparsity"] == pytest.approx(0.9, abs=1e-4)
+    assert report["quant/weight_bits"] == 8 and report["quant/activation_bits"] == 8
+    assert report["params/nonzero"] <= 0.1 * 50_200 + 410  # zeros survive conversion: <= 10% of weights + biases
+    assert report["size/ratio"] > 8
     assert report["macs/effective"] == report["macs/dense"]  # dense kernels run every MAC of a sparse matrix
 
     # W&B offline run files, inside the run directory, with the report in the summary.
@@ -42,11 +45,13 @@ def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path)
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert any(row.get("report/params/total") for row in rows)
 
-    # Checkpoint and artifact both rebuild the trained network.
+    # Checkpoint and artifact both rebuild the trained network: the checkpoint holds it fake-quantized, as it
+    # trained; converted, it is exactly the artifact.
     module = ClassifierModule.load_from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert [e["transform"] for e in module.transforms] == ["int8_qat_prepare"]
+    module.apply_transform("int8_convert")
     net = load_compressed(tmp_path / "model.safetensors")
     x = torch.randn(5, 1, 8, 8)
-    module.eval()
     assert torch.equal(module(x), net(x))
 
 

@@ -243,23 +243,29 @@ class QuantizationAwareTraining(Callback):
         if epoch == self._epochs["start"]:
             rank_zero_info(f"QuantizationAwareTraining: fake quantization on from epoch {epoch}")
 
-    def _active(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        # The sanity check runs before any training batch: it stays as it is.
-        return bool(self._epochs) and self._prepared(pl_module) and not self._converted(pl_module) and not (
-            trainer.sanity_checking)
+    def _quantizing_in_fit(self, pl_module: L.LightningModule) -> bool:
+        return bool(self._epochs) and self._prepared(pl_module) and not self._converted(pl_module)
 
     @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._active(trainer, pl_module):  # ranges come from training batches only
+        # Ranges come from training batches only: never from validation, nor from the sanity check that runs
+        # before training (and after a resume, which must not move the restored ranges).
+        if not self._quantizing_in_fit(pl_module):
+            return
+        if trainer.sanity_checking:
+            if self.mode == "int8":
+                int8_backend.set_observers(target_net(pl_module), False)  # the next epoch start resets them
+        else:
             self._set_phase(target_net(pl_module), trainer.current_epoch, observing=False)
 
     @override
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.on_validation_start(trainer, pl_module)
+        if self._quantizing_in_fit(pl_module) and self.mode == "int8":
+            int8_backend.set_observers(target_net(pl_module), False)
 
     @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._active(trainer, pl_module):
+        if self._quantizing_in_fit(pl_module) and not trainer.sanity_checking:
             self._set_phase(target_net(pl_module), trainer.current_epoch)
 
     @override
