@@ -2,6 +2,7 @@
 
     LM_DATA_DIR=../shared/data python bench/qat.py accuracy [--configs ...] [--seeds 42] [--jobs 2]
     LM_DATA_DIR=../shared/data python bench/qat.py speed [--rounds 7]
+    python bench/qat.py merge bench/results/qat_accuracy_*.json   # parallel runs' files into qat_accuracy.json
 
 accuracy: trains each recipe through the real command line (`python train.py experiment=...`) and writes
 bench/results/qat_accuracy.json: test accuracy (of the converted network, as `trainer.test` measures it after
@@ -74,14 +75,29 @@ def accuracy(args: argparse.Namespace) -> None:
         mine = [r for (n, _), r in zip(jobs, runs, strict=True) if n == name]
         results[name] = {"overrides": CONFIGS[name] + args.extra, "runs": mine,
                          "test_acc_mean": statistics.mean(r["test/acc"] for r in mine)}
+    write(args.out, summarize(results, args.seeds))
+
+
+def summarize(results: dict, seeds: list[int]) -> dict:
+    """Each recipe against the fp32 recipe of its model (same seeds): accuracy difference, error, bytes."""
     for name, result in results.items():
+        result["test_error_pct"] = 100 * (1 - result["test_acc_mean"])
+        result["bytes_vs_fp32"] = result["runs"][0]["size/artifact_bytes"] / result["runs"][0]["size/dense_bytes"]
         reference = results.get(name.split("_")[0] + "_fp32")
         if reference and reference is not result:
             result["delta_vs_fp32_pp"] = 100 * (result["test_acc_mean"] - reference["test_acc_mean"])
-            result["test_error_pct"] = 100 * (1 - result["test_acc_mean"])
-            result["bytes_vs_fp32"] = result["runs"][0]["size/artifact_bytes"] / result["runs"][0]["size/dense_bytes"]
-    write(args.out, {"benchmark": "QAT recipes vs fp32, MNIST, test accuracy of the converted network",
-                     "seeds": args.seeds, "results": results})
+    return {"benchmark": "QAT recipes vs fp32, MNIST, test accuracy of the converted network", "seeds": seeds,
+            "results": results}
+
+
+def merge(args: argparse.Namespace) -> None:
+    """Several accuracy files (written by runs in parallel) into one, deltas computed across them."""
+    results: dict = {}
+    for path in args.inputs:
+        results.update(json.loads(path.read_text())["results"])
+    order = [name for name in CONFIGS if name in results]
+    write(args.out, summarize({name: results[name] for name in order}, sorted(
+        {run["seed"] for result in results.values() for run in result["runs"]})))
 
 
 def latest_run(name: str) -> Path:
@@ -155,10 +171,15 @@ def main() -> None:
     acc.add_argument("--jobs", type=int, default=2)
     acc.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     acc.add_argument("--out", type=Path, default=RESULTS / "qat_accuracy.json")
+    mrg = sub.add_parser("merge")
+    mrg.add_argument("inputs", nargs="+", type=Path)
+    mrg.add_argument("--out", type=Path, default=RESULTS / "qat_accuracy.json")
     spd = sub.add_parser("speed")
     spd.add_argument("--rounds", type=int, default=7)
     spd.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.command == "merge":
+        return merge(args)
     if not os.environ.get("LM_DATA_DIR"):
         sys.exit("set LM_DATA_DIR to the folder holding MNIST/raw (here: LM_DATA_DIR=../shared/data)")
     accuracy(args) if args.command == "accuracy" else speed(args)

@@ -47,11 +47,39 @@ def overhead_rows(payload: dict) -> list[str]:
     ]
 
 
+def qat_rows(payload: dict) -> list[str]:
+    rows = []
+    for name, result in payload["results"].items():
+        run = result["runs"][0]
+        delta = result.get("delta_vs_fp32_pp")
+        rows.append(
+            f"| {name} | `{' '.join(result['overrides'])}` | {result['test_acc_mean']:.2%} | "
+            f"{'-' if delta is None else f'{delta:+.2f}'} | {100 * (1 - result['test_acc_mean']):.2f}% | "
+            f"{run['size/artifact_bytes']:,} | {run['size/artifact_bytes'] / run['size/dense_bytes']:.3f} "
+            f"({run['size/ratio']:.1f}x) | {run['latency/speedup_b64']:.2f}x |"
+        )
+    return rows
+
+
+def qat_speed_rows(payload: dict) -> list[str]:
+    rows = []
+    for model, r in payload["results"].items():
+        ms = r["ms_b64"]
+        rows.append(
+            f"| {model} | {ms['fp32']:.2f} | {ms['fp32_fused']:.2f} | {ms['torch_ao_direct']:.2f} | {ms['ours']:.2f} | "
+            f"{r['speedup_vs_fp32_b64']:.2f}x | {r['direct_speedup_vs_fp32_b64']:.2f}x | "
+            f"{r['ours_over_direct_time_b64']:.3f} | {r['speedup_vs_fp32_fused_b64']:.2f}x | {r['bytes_ratio']:.3f} |"
+        )
+    return rows
+
+
 if __name__ == "__main__":
     for title, name, render in (("baselines", "baselines.json", baseline_rows),
                                 ("gmp lenet300", "gmp_accuracy_lenet300.json", gmp_rows),
                                 ("gmp lenet5", "gmp_accuracy_lenet5.json", gmp_rows),
-                                ("gmp overhead", "gmp_overhead.json", overhead_rows)):
+                                ("gmp overhead", "gmp_overhead.json", overhead_rows),
+                                ("qat accuracy", "qat_accuracy.json", qat_rows),
+                                ("qat speed", "qat_speed.json", qat_speed_rows)):
         payload = load(name)
         if payload:
             print(f"\n{title}:\n" + "\n".join(render(payload)))
