@@ -7,6 +7,7 @@ transforms of :mod:`lightning_micro.core.transforms`, so checkpoints and the art
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from typing_extensions import override
 
 from lightning_micro.callbacks.arguments import check_when, target_net
 from lightning_micro.callbacks.structure import transform_during_fit
-from lightning_micro.core import int8_backend
+from lightning_micro.core import int8_backend, transforms
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WEIGHT_BITS, WeightQuantSpec
 from lightning_micro.core.selection import check_pattern, is_of_type, name_matches
 
@@ -188,6 +189,11 @@ class QuantizationAwareTraining(Callback):
             # all-zero example would otherwise set every range to [0, 0], which the moving averages then need
             # hundreds of steps to leave, saturating every activation meanwhile.
             self._set_phase(target_net(pl_module), epoch=-1, observing=False)
+        elif not self._prepared(pl_module):
+            # Prepared later, mid-fit: try it now on a copy, so a network the backend cannot take (one torch.fx
+            # cannot trace, say) fails before the first training step rather than at `start`.
+            name, args = self._prepare_args(pl_module)
+            transforms.TRANSFORMS[name](copy.deepcopy(target_net(pl_module)), **args)
         rank_zero_info(f"QuantizationAwareTraining: {self.weight_bits}-bit weights, "
                        f"{self.activation_bits}-bit activations, {len(self.layers)} layers, from epoch "
                        f"{self._epochs['start']}")

@@ -201,3 +201,34 @@ def test_start_after_the_end_of_training_fails_before_the_first_step(tmp_path):
     with pytest.raises(ValueError, match="start=3 is at or after the end of training"):
         trainer.fit(module, DigitsDataModule())
     assert trainer.global_step == 0
+
+
+def test_excluded_layers_stay_float_in_the_integer_network(tmp_path):
+    module = _fit(tmp_path, QuantizationAwareTraining(start=1, exclude=["fc3"]))
+    assert type(module.net.fc3) is torch.nn.Linear  # float, fed by a dequantize
+    assert type(module.net.fc1).__module__.startswith("torch.ao.nn.intrinsic.quantized")
+    path = tmp_path / "excluded.safetensors"
+    save_compressed(module.net, NET, path, record=module.transforms)
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(load_compressed(path)(x), module.net(x))
+
+
+class Branchy(torch.nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so the int8 mode cannot prepare it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+def test_untraceable_network_fails_before_the_first_step_even_when_prepared_later(tmp_path):
+    module = ClassifierModule({"_target_": f"{__name__}.Branchy"}, SGD, input_shape=[1, 8, 8])
+    trainer = trainer_for(tmp_path, [QuantizationAwareTraining(start=2)], max_epochs=3)
+    with pytest.raises(ValueError, match="symbolically traceable"):
+        trainer.fit(module, DigitsDataModule())
+    assert trainer.global_step == 0
