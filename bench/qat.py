@@ -2,7 +2,7 @@
 
     LM_DATA_DIR=../shared/data python bench/qat.py accuracy [--configs ...] [--seeds 42] [--jobs 2]
     LM_DATA_DIR=../shared/data python bench/qat.py speed [--rounds 7]
-    python bench/qat.py merge bench/results/qat_accuracy_*.json   # parallel runs' files into qat_accuracy.json
+    python bench/qat.py merge FILE[:SUFFIX] ...   # the files of parallel runs into qat_accuracy.json
 
 accuracy: trains each recipe through the real command line (`python train.py experiment=...`) and writes
 bench/results/qat_accuracy.json: test accuracy (of the converted network, as `trainer.test` measures it after
@@ -78,6 +78,22 @@ def accuracy(args: argparse.Namespace) -> None:
     write(args.out, summarize(results, args.seeds))
 
 
+def collect(args: argparse.Namespace) -> None:
+    """The entry of a run this script started but did not see finish (its parent was stopped): read from its
+    run directory (report, and the command from .hydra/overrides.yaml)."""
+    import yaml
+
+    run_dir = Path(args.run_dir).resolve()
+    report = json.loads((run_dir / "compression_report.json").read_text())
+    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    seed = int(next(o.split("=", 1)[1] for o in overrides if o.startswith("seed=")))
+    run = {"seed": seed, "command": "python train.py " + " ".join(overrides),
+           "run_dir": str(run_dir.relative_to(ROOT)), "wall_s": None, **{k: report.get(k) for k in REPORT_KEYS}}
+    configured = [o for o in overrides if o not in (f"seed={seed}", "logger=csv", "~callbacks.rich_progress_bar")]
+    results = {args.name: {"overrides": configured, "runs": [run], "test_acc_mean": run["test/acc"]}}
+    write(args.out, summarize(results, [seed]))
+
+
 def summarize(results: dict, seeds: list[int]) -> dict:
     """Each recipe against the fp32 recipe of its model (same seeds): accuracy difference, error, bytes."""
     for name, result in results.items():
@@ -93,9 +109,11 @@ def summarize(results: dict, seeds: list[int]) -> dict:
 def merge(args: argparse.Namespace) -> None:
     """Several accuracy files (written by runs in parallel) into one, deltas computed across them."""
     results: dict = {}
-    for path in args.inputs:
-        results.update(json.loads(path.read_text())["results"])
-    order = [name for name in CONFIGS if name in results]
+    for spec in args.inputs:
+        path, _, suffix = str(spec).partition(":")
+        for name, result in json.loads(Path(path).read_text())["results"].items():
+            results[f"{name}_{suffix}" if suffix else name] = result
+    order = [name for name in CONFIGS if name in results] + sorted(set(results) - set(CONFIGS))
     write(args.out, summarize({name: results[name] for name in order}, sorted(
         {run["seed"] for result in results.values() for run in result["runs"]})))
 
@@ -172,14 +190,18 @@ def main() -> None:
     acc.add_argument("--extra", nargs="*", default=[], help="more overrides for every run")
     acc.add_argument("--out", type=Path, default=RESULTS / "qat_accuracy.json")
     mrg = sub.add_parser("merge")
-    mrg.add_argument("inputs", nargs="+", type=Path)
+    mrg.add_argument("inputs", nargs="+", help="files; FILE:SUFFIX renames its runs to <name>_SUFFIX")
     mrg.add_argument("--out", type=Path, default=RESULTS / "qat_accuracy.json")
+    col = sub.add_parser("collect")
+    col.add_argument("name", choices=list(CONFIGS))
+    col.add_argument("run_dir")
+    col.add_argument("--out", type=Path, required=True)
     spd = sub.add_parser("speed")
     spd.add_argument("--rounds", type=int, default=7)
     spd.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    if args.command == "merge":
-        return merge(args)
+    if args.command in ("merge", "collect"):
+        return merge(args) if args.command == "merge" else collect(args)
     if not os.environ.get("LM_DATA_DIR"):
         sys.exit("set LM_DATA_DIR to the folder holding MNIST/raw (here: LM_DATA_DIR=../shared/data)")
     accuracy(args) if args.command == "accuracy" else speed(args)
