@@ -89,7 +89,11 @@ def collect(args: argparse.Namespace) -> None:
     seed = int(next(o.split("=", 1)[1] for o in overrides if o.startswith("seed=")))
     run = {"seed": seed, "command": "python train.py " + " ".join(overrides),
            "run_dir": str(run_dir.relative_to(ROOT)), "wall_s": None, **{k: report.get(k) for k in REPORT_KEYS}}
-    configured = [o for o in overrides if o not in (f"seed={seed}", "logger=csv", "~callbacks.rich_progress_bar")]
+    configured = [o for o in overrides if o not in (f"seed={seed}", "logger=csv", "~callbacks.rich_progress_bar")
+                  and not o.startswith("ckpt_path=")]  # a resume of the recipe's own checkpoint: same recipe
+    resumed = [o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")]
+    if resumed:
+        run["resumed_from"] = str(Path(resumed[0]).resolve().relative_to(ROOT))
     results = {args.name: {"overrides": configured, "runs": [run], "test_acc_mean": run["test/acc"]}}
     write(args.out, summarize(results, [seed]))
 
