@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 
 import pytest
 import torch
@@ -39,8 +40,14 @@ def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     (run_file,) = runs[0].glob("run-*.wandb")
-    records = run_file.read_bytes()  # protobuf records: keys are stored as plain strings
-    for key in (b"size/artifact_bytes", b"macs/effective", b"val/acc", b"train/loss_step"):
+    # Protobuf records: keys are stored as plain strings. wandb's writer is a separate process (wandb-core) that
+    # closes the file when the run's stream ends, which on a busy machine can come just after finish() returns.
+    keys = (b"size/artifact_bytes", b"macs/effective", b"val/acc", b"train/loss_step")
+    deadline = time.monotonic() + 60
+    while not all(key in run_file.read_bytes() for key in keys) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    records = run_file.read_bytes()
+    for key in keys:
         assert key in records, key
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert any(row.get("report/params/total") for row in rows)
