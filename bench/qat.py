@@ -32,6 +32,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from gmp import write  # bench/ is on the path when a bench script runs: one JSON writer for all
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 RUNS = ROOT / "bench" / "runs"
@@ -174,14 +176,6 @@ def speed(args: argparse.Namespace) -> None:
     write(RESULTS / "qat_speed.json", {
         "benchmark": "int8 latency vs fp32 and vs torch.ao direct, MNIST nets, CPU, interleaved medians",
         "threads": args.threads, "rounds": args.rounds, "torch": torch.__version__, "results": results})
-
-
-def write(path: Path, payload: dict) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    payload = {**payload, "commit": commit.stdout.strip() or None, "date": time.strftime("%Y-%m-%d")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {path}")
 
 
 def main() -> None:
