@@ -12,7 +12,9 @@ jobs run with one thread each; accuracy does not depend on timing.
 speed: for LeNet-5 and the MobileNet-style CNN, in one process and interleaved, one thread, medians of
 `torch.utils.benchmark` rounds at batch 64 (and 1):
 - fp32: the trained fp32 network of the baseline recipe, reloaded from its artifact;
-- fp32 fused: the same with BatchNorm folded into the convolutions (torch.fx's eval fusion), the fastest fp32;
+- fp32 fused: the same with BatchNorm folded into the convolutions (torch.fx's eval fusion);
+- fp32 fused channels-last: that, in channels-last memory format (input converted inside, counted): the
+  fastest fp32 form here;
 - torch.ao direct: that fp32 network put through torch.ao's own x86 QAT flow (default qconfig mapping,
   `prepare_qat_fx`, 20 calibration batches of MNIST, `convert_fx`), no lightning_micro code involved;
 - ours: the QAT recipe's artifact as `load_compressed` rebuilds it in this process.
@@ -124,6 +126,23 @@ def merge(args: argparse.Namespace) -> None:
         {run["seed"] for result in results.values() for run in result["runs"]})))
 
 
+class ChannelsLast:
+    """A float network run in channels-last memory format, the input converted on the way in (counted)."""
+
+    def __new__(cls, net):
+        import torch
+
+        class _ChannelsLast(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return self.net(x.contiguous(memory_format=torch.channels_last))
+
+        return _ChannelsLast()
+
+
 def latest_run(name: str) -> Path:
     runs = sorted(RUNS.glob(f"qat_{name}_seed*"), key=lambda p: p.name.rsplit("_", 1)[-1])
     runs = [r for r in runs if (r / "model.safetensors").exists()]
@@ -159,13 +178,16 @@ def speed(args: argparse.Namespace) -> None:
                 prepared(x)
         direct = convert_fx(prepared.eval())
         ours = load_compressed(int8_dir / "model.safetensors")
-        nets = {"fp32": fp32, "fp32_fused": fused, "torch_ao_direct": direct, "ours": ours}
+        channels_last = ChannelsLast(copy.deepcopy(fused).to(memory_format=torch.channels_last)).eval()
+        nets = {"fp32": fp32, "fp32_fused": fused, "fp32_fused_channels_last": channels_last,
+                "torch_ao_direct": direct, "ours": ours}
         entry = {"fp32_run": str(fp32_dir.relative_to(ROOT)), "int8_run": str(int8_dir.relative_to(ROOT))}
         for batch in (64, 1):
             ms = measure_latency_ms(nets, [1, 28, 28], batch, args.threads, min_run_time=0.5, rounds=args.rounds)
             entry[f"ms_b{batch}"] = ms
             entry[f"speedup_vs_fp32_b{batch}"] = ms["fp32"] / ms["ours"]
             entry[f"speedup_vs_fp32_fused_b{batch}"] = ms["fp32_fused"] / ms["ours"]
+            entry[f"speedup_vs_fp32_fused_channels_last_b{batch}"] = ms["fp32_fused_channels_last"] / ms["ours"]
             entry[f"direct_speedup_vs_fp32_b{batch}"] = ms["fp32"] / ms["torch_ao_direct"]
             entry[f"ours_over_direct_time_b{batch}"] = ms["ours"] / ms["torch_ao_direct"]
         entry["artifact_bytes"] = (int8_dir / "model.safetensors").stat().st_size
