@@ -126,23 +126,6 @@ def merge(args: argparse.Namespace) -> None:
         {run["seed"] for result in results.values() for run in result["runs"]})))
 
 
-class ChannelsLast:
-    """A float network run in channels-last memory format, the input converted on the way in (counted)."""
-
-    def __new__(cls, net):
-        import torch
-
-        class _ChannelsLast(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x):
-                return self.net(x.contiguous(memory_format=torch.channels_last))
-
-        return _ChannelsLast()
-
-
 def latest_run(name: str) -> Path:
     runs = sorted(RUNS.glob(f"qat_{name}_seed*"), key=lambda p: p.name.rsplit("_", 1)[-1])
     runs = [r for r in runs if (r / "model.safetensors").exists()]
@@ -161,6 +144,16 @@ def speed(args: argparse.Namespace) -> None:
     from lightning_micro.export import load_compressed
     from lightning_micro.report import measure_latency_ms
 
+    class ChannelsLast(torch.nn.Module):
+        """A float network run in channels-last memory format, the input converted on the way in (counted)."""
+
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net.to(memory_format=torch.channels_last)
+
+        def forward(self, x):
+            return self.net(x.contiguous(memory_format=torch.channels_last))
+
     torch.set_num_threads(args.threads)
     datamodule = MNISTDataModule(data_dir=os.environ["LM_DATA_DIR"], batch_size=64)
     datamodule.prepare_data()
@@ -178,7 +171,7 @@ def speed(args: argparse.Namespace) -> None:
                 prepared(x)
         direct = convert_fx(prepared.eval())
         ours = load_compressed(int8_dir / "model.safetensors")
-        channels_last = ChannelsLast(copy.deepcopy(fused).to(memory_format=torch.channels_last)).eval()
+        channels_last = ChannelsLast(copy.deepcopy(fused)).eval()
         nets = {"fp32": fp32, "fp32_fused": fused, "fp32_fused_channels_last": channels_last,
                 "torch_ao_direct": direct, "ours": ours}
         entry = {"fp32_run": str(fp32_dir.relative_to(ROOT)), "int8_run": str(int8_dir.relative_to(ROOT))}
