@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common import write  # bench/ is on the path when a bench script runs
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 # Same final sparsity and schedule span as experiment=gmp_lenet300, in the only form ModelPruning takes (epochs).
@@ -122,14 +124,6 @@ def overhead(args: argparse.Namespace) -> None:
     write(RESULTS / "gmp_overhead.json", {
         "benchmark": "fit time with the pruning callback / without, LeNet-300-100 MNIST, 2 epochs, interleaved",
         "reps": args.reps, "threads": args.threads, "seconds": times, "results": result})
-
-
-def write(path: Path, payload: dict) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    payload = {**payload, "commit": commit.stdout.strip() or None, "date": time.strftime("%Y-%m-%d")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {path}")
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gmp import write  # bench/ is on the path when a bench script runs: one JSON writer for all
+from common import write  # bench/ is on the path when a bench script runs: one JSON writer for all
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

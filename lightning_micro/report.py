@@ -99,17 +99,29 @@ def _quantized_flop_formulas() -> dict[Any, Any]:
     return {getattr(ops, name): _quantized_op_flops for name in names}
 
 
-def count_macs(net: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one forward pass of one image, counted by running the network."""
+_CONVOLUTION_OPS = ("convolution", "conv1d", "conv2d", "conv3d")
+
+
+def count_macs(net: nn.Module, input_shape: Sequence[int], convolutions_only: bool = False) -> int:
+    """Multiply-accumulates of one forward pass of one image, counted by running the network (all counted ops,
+    or only convolutions). The network runs once before the counted pass, so work a layer does once and keeps
+    (a TT layer's matrix rebuilt from its cores, while they do not change) is not counted as per-image work."""
     was_training = net.training
     net.eval()
     counter = FlopCounterMode(display=False, custom_mapping=_quantized_flop_formulas())
+    x = torch.zeros(1, *input_shape)
     try:
-        with torch.no_grad(), counter:
-            net(torch.zeros(1, *input_shape))
+        with torch.no_grad():
+            net(x)
+            with counter:
+                net(x)
     finally:
         net.train(was_training)
-    return counter.get_total_flops() // 2
+    if not convolutions_only:
+        return counter.get_total_flops() // 2
+    counts = counter.get_flop_counts().get("Global", {})
+    return sum(flops for op, flops in counts.items()  # ops print as "aten.convolution", "quantized.conv2d_relu"
+               if str(op).split(".")[1].startswith(_CONVOLUTION_OPS)) // 2
 
 
 def _import_benchmark():
@@ -179,6 +191,10 @@ def build_report(
         "macs/dense": count_macs(dense_net, input_shape),
         "macs/effective": count_macs(net, input_shape),
     })
+    dense_conv = count_macs(dense_net, input_shape, convolutions_only=True)
+    if dense_conv:
+        report["macs/dense_conv"] = dense_conv
+        report["macs/effective_conv"] = count_macs(net, input_shape, convolutions_only=True)
     for batch in latency_batch_sizes:
         times = measure_latency_ms({"net": net, "dense": dense_net}, input_shape, batch, latency_threads,
                                    latency_min_run_time)

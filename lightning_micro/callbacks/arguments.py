@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 from torch import nn
+
+from lightning_micro.core.selection import check_pattern, is_of_type, name_matches
 
 
 def target_net(pl_module: L.LightningModule) -> nn.Module:
@@ -34,4 +37,58 @@ def check_when(name: str, value: Any) -> int | float:
         raise ValueError(
             f"{name}={value} is a float outside [0, 1]: floats are fractions of the run; write epochs as integers"
         )
+    return value
+
+
+def check_patterns(include: Any, exclude: Any) -> tuple[list[str], list[str]]:
+    """``include`` / ``exclude`` name patterns as lists of strings; a bad ``re:`` pattern raises ``ValueError``
+    naming the argument, and so does an empty ``include``."""
+    include = [str(p) for p in ([include] if isinstance(include, str) else include)]
+    exclude = [str(p) for p in ([exclude] if isinstance(exclude, str) else exclude)]
+    if not include:
+        raise ValueError("include must name at least one pattern (use ['*'] for every layer)")
+    for name, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns:
+            try:
+                check_pattern(pattern)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from err
+    return include, exclude
+
+
+def select_layers(net: nn.Module, include: Sequence[str], exclude: Sequence[str], module_types: Sequence[str],
+                  what: str) -> list[str]:
+    """Names of the layers of ``net`` whose class (or a base class) is one of ``module_types``, matching a
+    pattern of ``include`` and none of ``exclude``, in model order.
+
+    Raises:
+        ValueError: a pattern that matches no layer at all, an ``include`` pattern that matches no layer of
+            those types, or a selection left empty; the message names the argument and lists the candidates.
+    """
+    modules = {n: m for n, m in net.named_modules() if n}
+    candidates = [n for n, m in modules.items() if is_of_type(m, module_types)]
+    if not candidates:
+        raise ValueError(f"{type(net).__name__} has no layer of the types {what} works on ({list(module_types)})")
+    for arg, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns:
+            matched = [n for n in modules if name_matches(n, pattern)]
+            if not matched:
+                raise ValueError(f"{arg}: pattern {pattern!r} matches no layer; {what} can take: "
+                                 f"{', '.join(candidates)}")
+            if arg == "include" and not any(n in candidates for n in matched):
+                types = sorted({type(modules[n]).__name__ for n in matched})
+                raise ValueError(f"include: pattern {pattern!r} matches {matched[:5]} of type {types}, which {what} "
+                                 f"does not take (module_types {list(module_types)}); it can take: "
+                                 f"{', '.join(candidates)}")
+    chosen = [n for n in candidates if any(name_matches(n, p) for p in include)
+              and not any(name_matches(n, p) for p in exclude)]
+    if not chosen:
+        raise ValueError(f"include {list(include)} minus exclude {list(exclude)} leaves no layer for {what}")
+    return chosen
+
+
+def check_ratio(name: str, value: Any) -> float | None:
+    """``None``, or a number > 1 (a compression ratio)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 1):
+        raise ValueError(f"{name} must be a number > 1, got {value!r}")
     return value

@@ -17,11 +17,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_when, target_net
+from lightning_micro.callbacks.arguments import check_patterns, check_when, target_net
 from lightning_micro.callbacks.structure import transform_during_fit
 from lightning_micro.core import int8_backend, transforms
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WEIGHT_BITS, WeightQuantSpec
-from lightning_micro.core.selection import check_pattern, is_of_type, name_matches
+from lightning_micro.core.selection import is_of_type, name_matches
 
 ACTIVATION_BITS = (8, 32)
 LOW_BIT_MODULE_TYPES = tuple(sorted(t.__name__ for t in FAKE_QUANT_TYPES))
@@ -111,16 +111,7 @@ class QuantizationAwareTraining(Callback):
         if backend not in int8_backend.BACKENDS:
             raise ValueError(f"backend must be one of {list(int8_backend.BACKENDS)}, got {backend!r}")
         self.backend = backend
-        self.include = [str(p) for p in ([include] if isinstance(include, str) else include)]
-        self.exclude = [str(p) for p in ([exclude] if isinstance(exclude, str) else exclude)]
-        if not self.include:
-            raise ValueError("include must name at least one pattern (use ['*'] for every layer)")
-        for name, patterns in (("include", self.include), ("exclude", self.exclude)):
-            for pattern in patterns:
-                try:
-                    check_pattern(pattern)
-                except ValueError as err:
-                    raise ValueError(f"{name}: {err}") from err
+        self.include, self.exclude = check_patterns(include, exclude)
         self.layers: list[str] = []  # resolved by check_model
         self.skipped: list[str] = []
         self._epochs: dict[str, int | None] = {}

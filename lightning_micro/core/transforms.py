@@ -25,7 +25,9 @@ from typing import Any
 from torch import nn
 
 from lightning_micro.core import int8_backend
+from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WeightQuantSpec, to_low_bit
+from lightning_micro.core.tensor_train import TTLinear
 
 Record = list[dict[str, Any]]
 
@@ -70,12 +72,51 @@ def _int8_convert(net: nn.Module) -> nn.Module:
     return int8_backend.convert(net)
 
 
+def _tt_swap(net: nn.Module, layers: Sequence[Mapping[str, Any]], initialize: bool = True) -> nn.Module:
+    # layers: [{"name", "in_factors", "out_factors", "ranks"}]; TT-SVD of the trained weight when initializing
+    for spec in layers:
+        layer = net.get_submodule(spec["name"])
+        if not isinstance(layer, nn.Linear):
+            raise ValueError(f"{spec['name']} is a {type(layer).__name__}; TT layers replace Linear layers")
+        dims = {"in_factors": spec["in_factors"], "out_factors": spec["out_factors"]}
+        new = (TTLinear.from_linear(layer, spec["ranks"], **dims) if initialize else
+               TTLinear(layer.in_features, layer.out_features, ranks=spec["ranks"], bias=layer.bias is not None,
+                        **dims))
+        replace_module(net, spec["name"], new)
+    return net
+
+
+def _low_rank_swap(net: nn.Module, layers: Sequence[Mapping[str, Any]], initialize: bool = True) -> nn.Module:
+    # layers: [{"name", "method": "svd" | "tucker2" | "cp", "rank": int or [r_out, r_in]}]
+    for spec in layers:
+        layer, method, rank = net.get_submodule(spec["name"]), spec["method"], spec["rank"]
+        expected = nn.Linear if method == "svd" else nn.Conv2d
+        if type(layer) is not expected:
+            raise ValueError(f"{spec['name']} is a {type(layer).__name__}; method {method!r} replaces "
+                             f"{expected.__name__} layers")
+        if method == "svd":
+            new = (LowRankLinear.from_linear(layer, rank) if initialize else
+                   LowRankLinear(layer.in_features, layer.out_features, rank, bias=layer.bias is not None))
+        else:
+            kind = {"tucker2": TuckerConv2d, "cp": CPConv2d}[method]
+            new = kind.from_conv(layer, rank) if initialize else kind(layer, rank).to(layer.weight.device)
+        replace_module(net, spec["name"], new)
+    return net
+
+
 TRANSFORMS: dict[str, Callable[..., nn.Module]] = {
     "weight_fake_quant": _weight_fake_quant,  # low-bit weights trained with a straight-through estimator
     "weight_low_bit": _weight_low_bit,  # ...and stored as integer codes, run as decoded float weights
     "int8_qat_prepare": _int8_qat_prepare,  # torch.ao FX: fake-quantized weights and activations
     "int8_convert": _int8_convert,  # torch.ao FX: the integer network
+    "tt_swap": _tt_swap,  # Linear -> TTLinear (TT-SVD of the trained weight)
+    "low_rank_swap": _low_rank_swap,  # Linear -> SVD pair, Conv2d -> Tucker-2 or CP chain
 }
+
+# Transforms whose function computes initial values (a decomposition) take ``initialize``: a replay passes
+# ``initialize=False`` and gets the structure only, since the saved weights replace every value right after.
+STRUCTURE_ONLY_ARG = "initialize"
+COMPUTES_VALUES = {"tt_swap", "low_rank_swap"}
 
 
 def apply(net: nn.Module, record: Record, transform: str, **args: Any) -> nn.Module:
@@ -88,15 +129,24 @@ def apply(net: nn.Module, record: Record, transform: str, **args: Any) -> nn.Mod
     return net
 
 
-def replay(net: nn.Module, record: Sequence[Mapping[str, Any]]) -> nn.Module:
-    """Apply the transforms of ``record`` in order to a freshly built ``net`` and return the result."""
-    for entry in record:
+def rebuild(net: nn.Module, record: Record, entries: Sequence[Mapping[str, Any]]) -> nn.Module:
+    """Apply saved ``entries`` to ``net`` for the structure they give (weights are loaded next, so no transform
+    computes initial values), append them to ``record`` and return the result."""
+    for entry in entries:
         name = entry["transform"]
         if name not in TRANSFORMS:
             raise ValueError(f"the record names transform {name!r}, which this version does not know "
                              f"(known: {sorted(TRANSFORMS)})")
-        net = TRANSFORMS[name](net, **entry["args"])
+        extra = {STRUCTURE_ONLY_ARG: False} if name in COMPUTES_VALUES else {}
+        net = TRANSFORMS[name](net, **entry["args"], **extra)
+        record.append({"transform": name, "args": json.loads(json.dumps(entry["args"]))})
     return net
+
+
+def replay(net: nn.Module, record: Sequence[Mapping[str, Any]]) -> nn.Module:
+    """Apply the transforms of ``record`` in order to a freshly built ``net`` (structure only: the caller loads
+    the saved weights into the result) and return it."""
+    return rebuild(net, [], record)
 
 
 def remaining(applied: Sequence[Mapping[str, Any]], saved: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -29,8 +29,8 @@ class DigitsDataModule(ImageDataModule):
         val_size: int = 180,
         test_size: int = 360,
         split_seed: int = 0,
-        mean: Sequence[float] = (0.3,),
-        std: Sequence[float] = (0.4,),
+        mean: Sequence[float] = (0.3053,),
+        std: Sequence[float] = (0.3760,),
         num_workers: int = 0,
     ) -> None:
         super().__init__(input_shape, num_classes, batch_size, val_size, split_seed, mean, std, num_workers)

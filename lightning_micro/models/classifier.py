@@ -130,8 +130,8 @@ class ClassifierModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning calls this before it loads the state dict (on resume and in load_from_checkpoint), so the
         # network gets the structure the saved weights were trained in.
-        for entry in transforms.remaining(self.transforms, checkpoint.get(TRANSFORMS_KEY, [])):
-            self.apply_transform(entry["transform"], **entry["args"])
+        missing = transforms.remaining(self.transforms, checkpoint.get(TRANSFORMS_KEY, []))
+        self.net = transforms.rebuild(self.net, self.transforms, missing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

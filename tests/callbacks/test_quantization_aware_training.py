@@ -152,9 +152,9 @@ def test_pruned_weights_stay_zero_through_quantization_and_export(qat_args, tmp_
 
 
 def test_ddp_two_processes_train_the_same_quantized_weights(tmp_path):
-    script = ROOT / "tests" / "callbacks" / "ddp_qat_script.py"
-    out = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    script = ROOT / "tests" / "callbacks" / "ddp_transform_script.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path), "qat"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert rank0["transforms"] == rank1["transforms"] == ["int8_qat_prepare"]

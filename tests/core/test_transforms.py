@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from lightning_micro.core import transforms
+from lightning_micro.core import tensor_train, transforms
+from lightning_micro.core.low_rank import LowRankLinear
 from lightning_micro.core.quantizers import FakeQuantLinear
 from lightning_micro.models import LeNet300
 
@@ -56,3 +57,21 @@ def test_replace_module_by_dotted_name():
     net = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(2, 2)))
     transforms.replace_module(net, "0.0", torch.nn.Identity())
     assert isinstance(net[0][0], torch.nn.Identity)
+
+
+def test_replaying_a_decomposition_builds_its_structure_without_decomposing(monkeypatch):
+    record: transforms.Record = []
+    net = transforms.apply(LeNet300([1, 8, 8]), record, "tt_swap", layers=[
+        {"name": "fc1", "in_factors": [4, 2, 2, 4], "out_factors": [4, 5, 5, 3], "ranks": [1, 4, 4, 4, 1]}])
+    net = transforms.apply(net, record, "low_rank_swap", layers=[{"name": "fc2", "method": "svd", "rank": 10}])
+
+    def no_decomposition(*args, **kwargs):
+        raise AssertionError("a replay must not decompose: the saved weights replace the values")
+
+    monkeypatch.setattr(tensor_train, "tt_svd", no_decomposition)
+    monkeypatch.setattr(LowRankLinear, "from_linear", no_decomposition)
+    fresh = transforms.replay(LeNet300([1, 8, 8]), json.loads(json.dumps(record)))
+    fresh.load_state_dict(net.state_dict())  # strict: same keys, same shapes
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), net(x))

@@ -1,7 +1,8 @@
-"""Run by test_quantization_aware_training: a 2-process DDP fit (gloo) that prepares int8 QAT mid-fit (the
-DDP wrapper is rebuilt) and saves each rank's weights before conversion.
+"""Run by the tests of techniques that change the network mid-fit: a 2-process DDP fit (gloo) whose technique
+transforms the network after the first epoch (the DDP wrapper is rebuilt), saving each rank's weights at the end
+of training (before QAT converts the network).
 
-    python tests/callbacks/ddp_qat_script.py OUT_DIR
+    python tests/callbacks/ddp_transform_script.py OUT_DIR qat|tt|lowrank
 """
 
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lightning_micro.callbacks import QuantizationAwareTraining
+from lightning_micro.callbacks import LowRankDecomposition, QuantizationAwareTraining, TTLayerSwap
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.models import ClassifierModule
 
@@ -25,8 +26,14 @@ class SaveWeightsPerRank(L.Callback):
                    self.out / f"rank{trainer.global_rank}.pt")
 
 
+TECHNIQUES = {
+    "qat": lambda: QuantizationAwareTraining(start=1),
+    "tt": lambda: TTLayerSwap(swap_at=1, ranks=4, include=["fc1"]),
+    "lowrank": lambda: LowRankDecomposition(swap_at=1, rank=8, include=["fc1", "fc2"]),
+}
+
 if __name__ == "__main__":
-    out = Path(sys.argv[1])
+    out, technique = Path(sys.argv[1]), sys.argv[2]
     L.seed_everything(0)
     module = ClassifierModule(
         {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]},
@@ -35,5 +42,5 @@ if __name__ == "__main__":
     )
     trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[QuantizationAwareTraining(start=1), SaveWeightsPerRank(out)], default_root_dir=out)
+                        callbacks=[TECHNIQUES[technique](), SaveWeightsPerRank(out)], default_root_dir=out)
     trainer.fit(module, DigitsDataModule(batch_size=32))

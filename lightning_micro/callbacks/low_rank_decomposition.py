@@ -1,0 +1,135 @@
+"""LowRankDecomposition: linear and convolution layers replaced by low-rank chains during training, retrained.
+
+The Lightning glue only: decompositions (TensorLy) and layers are in :mod:`lightning_micro.core.low_rank`; the
+swap is the recorded ``low_rank_swap`` transform.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from lightning_micro.callbacks.arguments import check_ratio
+from lightning_micro.callbacks.layer_swap import LayerSwap
+from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
+
+CONV_METHODS = ("tucker2", "cp")
+LOW_RANK_TYPES = (LowRankLinear, TuckerConv2d, CPConv2d)
+
+
+class LowRankDecomposition(LayerSwap):
+    """At ``swap_at``, replace the selected ``Linear`` layers by a truncated-SVD pair and the ``Conv2d`` layers by
+    a Tucker-2 (``conv_method: tucker2``) or CP (``cp``) chain of smaller convolutions, initialized from the
+    trained weights; training goes on and retrains the factors.
+
+    Ranks come from ``rank`` (linear and CP: an int; Tucker-2: an int for both channel modes, or
+    ``[r_out, r_in]``) or from ``compression_ratio`` (per layer, the largest rank whose factors are at least that
+    many times smaller than the layer's weight; Tucker-2 keeps ``r_out / r_in`` near ``out / in``).
+
+    Args:
+        swap_at: epoch (int) or fraction of the run (float); 0 swaps before the first step.
+        conv_method: ``tucker2`` or ``cp``.
+        rank: the rank (see above); exclusive with ``compression_ratio``.
+        compression_ratio: instead of ``rank``: factors at least this many times smaller than the weight.
+        include: layer name patterns (glob or ``re:``).
+        exclude: layer name patterns left alone.
+        module_types: ``Linear`` and/or ``Conv2d``.
+
+    Raises:
+        ValueError: an argument outside its allowed values; at ``check_model``, a pattern matching no layer or a
+            rank larger than a layer allows.
+
+    Example:
+        >>> lowrank = LowRankDecomposition(swap_at=10, conv_method="tucker2", rank=[16, 8], include=["conv2"])
+        >>> trainer = L.Trainer(callbacks=[lowrank])  # doctest: +SKIP
+    """
+
+    transform = "low_rank_swap"
+    technique = "LowRankDecomposition"
+
+    def __init__(
+        self,
+        swap_at: int | float = 0.5,
+        conv_method: str = "tucker2",
+        rank: int | Sequence[int] | None = None,
+        compression_ratio: float | None = None,
+        include: Sequence[str] = ("*",),
+        exclude: Sequence[str] = (),
+        module_types: Sequence[str] = ("Linear", "Conv2d"),
+    ) -> None:
+        super().__init__(swap_at, include, exclude, module_types, allowed_types=["Linear", "Conv2d"])
+        if conv_method not in CONV_METHODS:
+            raise ValueError(f"conv_method must be one of {list(CONV_METHODS)}, got {conv_method!r}")
+        if (rank is None) == (compression_ratio is None):
+            raise ValueError("give exactly one of rank and compression_ratio")
+        if rank is not None:
+            listed = list(rank) if isinstance(rank, Sequence) else [rank]
+            if len(listed) not in (1, 2) or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0
+                                                for r in listed):
+                raise ValueError(f"rank must be a positive integer, or [r_out, r_in] (positive integers) for "
+                                 f"Tucker-2, got {rank!r}")
+            if len(listed) == 2 and conv_method != "tucker2":
+                raise ValueError(f"rank={list(rank)}: two ranks [r_out, r_in] are for conv_method tucker2; "
+                                 f"{conv_method} takes one")
+            rank = listed[0] if len(listed) == 1 else [int(r) for r in listed]
+        check_ratio("compression_ratio", compression_ratio)
+        self.conv_method, self.rank, self.compression_ratio = conv_method, rank, compression_ratio
+
+    def layer_spec(self, name: str, layer: nn.Module) -> dict[str, Any]:
+        method = "svd" if isinstance(layer, nn.Linear) else self.conv_method
+        try:
+            rank = self._rank(layer, method)
+            if method == "svd":
+                LowRankLinear(layer.in_features, layer.out_features, rank)  # checks the rank
+            else:
+                (TuckerConv2d if method == "tucker2" else CPConv2d)(layer, rank)
+        except ValueError as err:
+            raise ValueError(f"LowRankDecomposition on {name} ({type(layer).__name__}, {method}): {err}") from err
+        return {"method": method, "rank": rank}
+
+    def _rank(self, layer: nn.Module, method: str) -> int | list[int]:
+        if method == "svd" and isinstance(self.rank, list):
+            raise ValueError(f"rank={self.rank} is for Tucker-2 convolutions; a Linear layer takes one rank")
+        if self.rank is not None:
+            return self.rank
+        dense = layer.weight.numel()
+        if method == "svd":
+            count = lambda r: LowRankLinear.parameter_count(layer.in_features, layer.out_features, r)  # noqa: E731
+            candidates = range(1, min(layer.in_features, layer.out_features) + 1)
+        elif method == "cp":
+            count = lambda r: CPConv2d.parameter_count(layer, r)  # noqa: E731
+            dims = (layer.out_channels, layer.in_channels, *layer.kernel_size)
+            candidates = range(1, math.prod(dims) // max(dims) + 1)
+        else:
+            def ranks_at(scale: int) -> list[int]:  # r_out / r_in ~ out / in
+                step = scale / max(layer.out_channels, layer.in_channels)
+                return [max(1, round(layer.out_channels * step)), max(1, round(layer.in_channels * step))]
+            count = lambda s: TuckerConv2d.parameter_count(layer, ranks_at(s))  # noqa: E731
+            candidates = range(1, max(layer.out_channels, layer.in_channels) + 1)
+        fitting = [r for r in candidates if count(r) * self.compression_ratio <= dense]
+        if not fitting:
+            raise ValueError(f"compression_ratio={self.compression_ratio} is out of reach for this layer even at "
+                             f"rank 1 ({dense / count(1):.1f}x)")
+        best = fitting[-1]
+        return ranks_at(best) if method == "tucker2" else best
+
+    def report_fields(self, net: nn.Module) -> dict[str, int | float | str]:
+        """Per swapped layer: method, rank(s), parameters against the original layer's."""
+        fields: dict[str, int | float | str] = {}
+        for name in self.layers:
+            layer = net.get_submodule(name)
+            if not isinstance(layer, LOW_RANK_TYPES):
+                continue
+            method = {LowRankLinear: "svd", TuckerConv2d: "tucker2", CPConv2d: "cp"}[type(layer)]
+            rank = layer.ranks if isinstance(layer, TuckerConv2d) else [layer.rank]
+            fields.update({
+                f"lowrank/{name}/method": method,
+                f"lowrank/{name}/rank": "-".join(map(str, rank)),
+                f"lowrank/{name}/params": sum(p.numel() for p in layer.parameters()),
+                f"lowrank/{name}/dense_params": layer.dense_parameter_count(),
+                f"lowrank/{name}/ratio": layer.dense_parameter_count() / sum(p.numel() for p in layer.parameters()),
+            })
+        return fields
