@@ -74,13 +74,56 @@ def qat_speed_rows(payload: dict) -> list[str]:
     return rows
 
 
+def decomposition_rows(payload: dict) -> list[str]:
+    rows = []
+    for name, result in payload["results"].items():
+        run = result["runs"][0]
+        delta = result.get("delta_vs_dense_pp")
+        if "tt/fc1/ranks" in run:
+            layer = (f"fc1 TT {run['tt/fc1/out_factors']} by {run['tt/fc1/in_factors']}, ranks {run['tt/fc1/ranks']}: "
+                     f"{run['tt/fc1/params']:,} vs {run['tt/fc1/dense_params']:,} ({run['tt/fc1/ratio']:.1f}x)")
+        elif "lowrank/conv2/method" in run:
+            layer = (f"conv2 {run['lowrank/conv2/method']} rank {run['lowrank/conv2/rank']}: "
+                     f"{run['lowrank/conv2/params']:,} vs {run['lowrank/conv2/dense_params']:,} "
+                     f"({run['lowrank/conv2/ratio']:.1f}x)")
+        else:
+            layer = "dense"
+        conv = (f"{run['macs/effective_conv']:,} ({run['macs/dense_conv'] / run['macs/effective_conv']:.2f}x fewer)"
+                if run.get("macs/effective_conv") else "-")
+        rows.append(
+            f"| {name} | `{' '.join(result['overrides'])}` | {result['test_acc_mean']:.2%} | "
+            f"{'-' if delta is None else f'{delta:+.2f}'} | {layer} | {run['params/total']:,} | {conv} | "
+            f"{run['size/ratio']:.2f}x | {run['latency/speedup_b1']:.2f}x / {run['latency/speedup_b64']:.2f}x |"
+        )
+    return rows
+
+
+def decomposition_speed_rows(payload: dict) -> list[str]:
+    rows = []
+    for case, r in payload["results"].items():
+        for batch in ("b64", "b1"):
+            ms = r[batch]["ms"]
+            tltorch = " / ".join(f"{ms[k]:.3f}" for k in ("tensorly_torch_blocktt_factorized",
+                                                           "tensorly_torch_blocktt_reconstructed") if k in ms) or "-"
+            rows.append(
+                f"| {case} | {batch[1:]} | {r['tt_params']:,} vs {r['dense_params']:,} | {ms['dense']:.3f} | "
+                f"{ms['tt']:.3f} ({r[batch]['tt_runs']}) | {ms['tt_contract']:.3f} | "
+                f"{ms['tt_rebuild_each_call']:.3f} | "
+                f"{tltorch} | {r[batch]['speedup_vs_dense']['tt']:.2f}x | "
+                f"{r[batch]['macs']['dense'] / r[batch]['macs']['tt']:.2f}x |"
+            )
+    return rows
+
+
 if __name__ == "__main__":
     for title, name, render in (("baselines", "baselines.json", baseline_rows),
                                 ("gmp lenet300", "gmp_accuracy_lenet300.json", gmp_rows),
                                 ("gmp lenet5", "gmp_accuracy_lenet5.json", gmp_rows),
                                 ("gmp overhead", "gmp_overhead.json", overhead_rows),
                                 ("qat accuracy", "qat_accuracy.json", qat_rows),
-                                ("qat speed", "qat_speed.json", qat_speed_rows)):
+                                ("qat speed", "qat_speed.json", qat_speed_rows),
+                                ("decomposition accuracy", "decomposition_accuracy.json", decomposition_rows),
+                                ("decomposition speed", "decomposition_speed.json", decomposition_speed_rows)):
         payload = load(name)
         if payload:
             print(f"\n{title}:\n" + "\n".join(render(payload)))

@@ -17,11 +17,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_patterns, check_when, target_net
+from lightning_micro.callbacks.arguments import check_patterns, check_when, select_layers, target_net
 from lightning_micro.callbacks.structure import transform_during_fit
 from lightning_micro.core import int8_backend, transforms
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WEIGHT_BITS, WeightQuantSpec
-from lightning_micro.core.selection import is_of_type, name_matches
+from lightning_micro.core.selection import is_of_type
 
 ACTIVATION_BITS = (8, 32)
 LOW_BIT_MODULE_TYPES = tuple(sorted(t.__name__ for t in FAKE_QUANT_TYPES))
@@ -129,31 +129,9 @@ class QuantizationAwareTraining(Callback):
     def check_model(self, net: nn.Module) -> None:
         """Resolve which layers are quantized; raise ``ValueError`` naming the argument when a pattern matches
         no layer, or only layers of a type this mode cannot quantize."""
-        modules = {n: m for n, m in net.named_modules() if n}
-        quantizable = [n for n, m in modules.items() if is_of_type(m, self.module_types)]
-        if not quantizable:
-            raise ValueError(f"{type(net).__name__} has no layer of a type the {self.mode} mode quantizes "
-                             f"({list(self.module_types)})")
-        for arg, patterns in (("include", self.include), ("exclude", self.exclude)):
-            for pattern in patterns:
-                matched = [n for n in modules if name_matches(n, pattern)]
-                if not matched:
-                    raise ValueError(f"{arg}: pattern {pattern!r} matches no layer; quantizable layers: "
-                                     f"{', '.join(quantizable)}")
-                if arg == "include" and not any(n in quantizable for n in matched):
-                    types = sorted({type(modules[n]).__name__ for n in matched})
-                    raise ValueError(
-                        f"include: pattern {pattern!r} matches {matched[:5]} of type {types}, which the "
-                        f"{self.mode} mode cannot quantize (it quantizes {list(self.module_types)}); "
-                        f"quantizable layers: {', '.join(quantizable)}")
-
-        def selected(name: str) -> bool:
-            return any(name_matches(name, p) for p in self.include) and not any(
-                name_matches(name, p) for p in self.exclude)
-
-        self.layers = [n for n in quantizable if selected(n)]
-        if not self.layers:
-            raise ValueError(f"include {self.include} minus exclude {self.exclude} leaves no layer to quantize")
+        self.layers = select_layers(net, self.include, self.exclude, self.module_types,
+                                    f"the {self.mode} mode of QAT")
+        quantizable = [n for n, m in net.named_modules() if n and is_of_type(m, self.module_types)]
         self.skipped = [n for n in quantizable if n not in self.layers]
 
     # --- hooks -----------------------------------------------------------------------------------------------

@@ -184,8 +184,9 @@ def test_bad_arguments_fail_at_construction(kwargs, message):
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["compression.qat.include=[fc9]"], "compression.qat: include: pattern 'fc9' matches no layer"),
-    (["compression.qat.include=[relu]"], "compression.qat: include: pattern 'relu' matches .*ReLU.*cannot quantize"),
-    (["compression.qat.exclude=[fc1,fc2,fc3]"], "leaves no layer to quantize"),
+    (["compression.qat.include=[relu]"],
+     "compression.qat: include: pattern 'relu' matches .*ReLU.*int8 mode of QAT does not take"),
+    (["compression.qat.exclude=[fc1,fc2,fc3]"], "leaves no layer for the int8 mode of QAT"),
     (["compression.qat.weight_bits=5"], "compression.qat: .*weight_bits must be one of \\[1, 2, 4, 8\\], got 5"),
 ])
 def test_bad_config_fails_before_training_naming_the_key(overrides, message, tmp_path):
