@@ -126,7 +126,7 @@ def speed(args: argparse.Namespace) -> None:
             if tltorch is not None:
                 for implementation in ("factorized", "reconstructed"):
                     nets[f"tensorly_torch_blocktt_{implementation}"] = tltorch.FactorizedLinear.from_linear(
-                        dense, rank=ours.ranks, in_tensorized_features=tuple(ours.in_factors),
+                        dense, rank=ours.ranks, auto_tensorize=False, in_tensorized_features=tuple(ours.in_factors),
                         out_tensorized_features=tuple(ours.out_factors), factorization="blocktt",
                         implementation=implementation)
             entry = {"in_factors": ours.in_factors, "out_factors": ours.out_factors, "ranks": ours.ranks,

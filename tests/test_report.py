@@ -34,6 +34,8 @@ def test_macs_match_the_layer_arithmetic():
     conv1 = 20 * 24 * 24 * (1 * 5 * 5)
     conv2 = 50 * 8 * 8 * (20 * 5 * 5)
     assert report.count_macs(LeNet5([1, 28, 28], 10), [1, 28, 28]) == conv1 + conv2 + 800 * 500 + 500 * 10
+    assert report.count_macs(LeNet5([1, 28, 28], 10), [1, 28, 28], convolutions_only=True) == conv1 + conv2
+    assert report.count_macs(LeNet300([1, 28, 28], 10), [1, 28, 28], convolutions_only=True) == 0
 
 
 def test_latency_measures_every_network():

@@ -112,11 +112,13 @@ class TuckerConv2d(nn.Sequential):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, ranks: int | Sequence[int]) -> TuckerConv2d:
         """Tucker-2 (TensorLy's ``partial_tucker`` on the channel modes, HOSVD init) of ``conv``'s kernel."""
+        import tensorly
         from tensorly.decomposition import partial_tucker
 
         tucker = cls(conv, ranks)
-        (core, (u_out, u_in)), _ = partial_tucker(_numpy(conv.weight), rank=tucker.ranks, modes=[0, 1], init="svd",
-                                                  n_iter_max=100, random_state=0)
+        with tensorly.backend_context("numpy"):  # whatever backend another import made global
+            (core, (u_out, u_in)), _ = partial_tucker(_numpy(conv.weight), rank=tucker.ranks, modes=[0, 1],
+                                                      init="svd", n_iter_max=100, random_state=0)
         with torch.no_grad():
             tucker[0].weight.copy_(_tensor(u_in.T[:, :, None, None], conv.weight))
             tucker[1].weight.copy_(_tensor(core, conv.weight))
@@ -157,13 +159,15 @@ class CPConv2d(nn.Sequential):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int) -> CPConv2d:
         """CP-ALS (TensorLy's ``parafac``, SVD init) of ``conv``'s kernel."""
+        import tensorly
         from tensorly.decomposition import parafac
 
         cp = cls(conv, rank)
         kernel = _numpy(conv.weight)
         init = "svd" if cp.rank <= min(kernel.shape) else "random"  # SVD init needs rank <= every mode's size
-        weights, (f_out, f_in, f_h, f_w) = parafac(kernel, rank=cp.rank, init=init, n_iter_max=300, tol=1e-8,
-                                                   random_state=0)
+        with tensorly.backend_context("numpy"):  # whatever backend another import made global
+            weights, (f_out, f_in, f_h, f_w) = parafac(kernel, rank=cp.rank, init=init, n_iter_max=300, tol=1e-8,
+                                                       random_state=0)
         with torch.no_grad():
             cp[0].weight.copy_(_tensor(f_in.T[:, :, None, None], conv.weight))
             cp[1].weight.copy_(_tensor(f_h.T[:, None, :, None], conv.weight))

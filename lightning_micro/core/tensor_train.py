@@ -170,9 +170,11 @@ def ranks_for_energy(weight: torch.Tensor, in_factors: Sequence[int], out_factor
 def tt_svd(weight: torch.Tensor, in_factors: Sequence[int], out_factors: Sequence[int], ranks: Sequence[int]
            ) -> list[torch.Tensor]:
     """Cores ``(r_{k-1}, m_k, n_k, r_k)`` of the ``out x in`` matrix ``weight`` (TensorLy's TT-SVD)."""
-    from tensorly.decomposition import tensor_train_matrix  # imported here: only a swap needs it
+    import tensorly  # imported here: only a swap needs it
+    from tensorly.decomposition import tensor_train_matrix
 
-    tt = tensor_train_matrix(_as_tensor4(weight, in_factors, out_factors), list(ranks))
+    with tensorly.backend_context("numpy"):  # whatever backend another import (TensorLy-Torch) made global
+        tt = tensor_train_matrix(_as_tensor4(weight, in_factors, out_factors), list(ranks))
     return [torch.from_numpy(np.ascontiguousarray(f)).to(weight.dtype) for f in tt.factors]
 
 

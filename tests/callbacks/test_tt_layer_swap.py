@@ -85,6 +85,20 @@ def test_swap_at_full_rank_keeps_the_trained_function_and_training_goes_on(tmp_p
     assert not torch.allclose(probe.outputs["end3"], probe.outputs["start2"])  # and the cores were trained
 
 
+def test_swap_at_zero_trains_the_tt_layer_from_the_first_step(tmp_path):
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if not seen:
+                optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+                seen.append(all(id(c) in optimized for c in pl_module.net.fc1.cores))
+
+    module = fit(tmp_path, TTLayerSwap(swap_at=0, ranks=4, include=["fc1"]), callbacks=[Probe()], max_epochs=2)
+    assert seen == [True]  # the optimizer was built for the cores, before the first step
+    assert [e["transform"] for e in module.transforms] == ["tt_swap"]
+
+
 def test_mid_fit_swap_carries_the_learning_rate_schedule(tmp_path):
     seen = {}
 

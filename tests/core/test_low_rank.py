@@ -72,3 +72,12 @@ def test_gradients_reach_every_factor():
 def test_bad_ranks_name_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_decompositions_work_whatever_tensorly_backend_is_global():
+    import tensorly
+
+    conv = nn.Conv2d(6, 10, 3)
+    with tensorly.backend_context("pytorch"):  # what importing TensorLy-Torch does, globally
+        assert TuckerConv2d.from_conv(conv, 3).ranks == [3, 3]
+        assert CPConv2d.from_conv(conv, 3).rank == 3

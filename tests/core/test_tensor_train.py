@@ -136,3 +136,12 @@ def test_ranks_from_a_compression_ratio_and_from_energy():
 def test_bad_arguments_name_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_decomposition_works_whatever_tensorly_backend_is_global():
+    import tensorly
+
+    layer = _random_linear()
+    with tensorly.backend_context("pytorch"):  # what importing TensorLy-Torch does, globally
+        swapped = tt.TTLinear.from_linear(layer, ranks=2, cores=3)
+    assert swapped.ranks == [1, 2, 2, 1]
