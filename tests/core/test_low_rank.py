@@ -46,9 +46,24 @@ def test_cp_recovers_a_kernel_of_that_cp_rank_and_keeps_the_geometry():
     x = torch.randn(2, i, 11, 11)
     cp = CPConv2d.from_conv(conv, rank)
     assert cp(x).shape == conv(x).shape
-    assert _relative_error(cp(x), conv(x)) < 1e-4  # CP-ALS finds the exact rank-4 decomposition
+    assert _relative_error(cp(x), conv(x)) < 1e-2  # CP-ALS finds it (less a little ridge, see below)
     assert _relative_error(CPConv2d.from_conv(conv, 1)(x), conv(x)) > 0.05
     assert cp.dense_parameter_count() == o * i * kh * kw + o
+
+
+def test_cp_components_do_not_cancel_out():
+    # Unregularized CP-ALS of this kernel returns components whose norms sum to 2.5x the kernel's, cancelling
+    # each other (on LeNet-5's trained conv2: 7x, and SGD diverged right after the swap); ours stay near 1x.
+    torch.manual_seed(0)
+    conv = nn.Conv2d(20, 50, 5)
+    cp = CPConv2d.from_conv(conv, 16)
+    first, vertical, horizontal, last = (m.weight.detach() for m in cp)
+    components = (first.flatten(1).norm(dim=1) * vertical.flatten(1).norm(dim=1)
+                  * horizontal.flatten(1).norm(dim=1) * last.flatten(1).norm(dim=0))
+    assert components.sum() < 2 * conv.weight.norm()
+    norms = torch.stack([first.flatten(1).norm(dim=1), vertical.flatten(1).norm(dim=1),
+                         horizontal.flatten(1).norm(dim=1), last.flatten(1).norm(dim=0)])
+    torch.testing.assert_close(norms, norms[:1].expand_as(norms))  # each component's scale spread evenly
 
 
 def test_gradients_reach_every_factor():
