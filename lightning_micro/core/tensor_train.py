@@ -339,17 +339,17 @@ class TTLinear(nn.Module):
             self._gradient_plans[batch] = min(plans(len(shapes)), key=lambda p: plan_macs(shapes, p, batch))
         return self._gradient_plans[batch]
 
-    def _rebuilt(self) -> torch.Tensor:
-        cores = self.core_tensors()
-        key = tuple(c._version for c in cores) + tuple(c.data_ptr() for c in cores)
+    def _rebuilt(self, cores: list[torch.Tensor]) -> torch.Tensor:
+        # Valid while no core changed in place (optimizer steps and load_state_dict bump the version counters)
+        # and the cores did not move (module.to swaps their data, so compare the data pointers too).
+        key = [c._version for c in cores] + [c.data_ptr() for c in cores]
         if self._cached is None or self._cached[0] != key:
             with torch.no_grad():
-                self._cached = (key, self.weight_matrix())
+                self._cached = (key, to_matrix(cores))
         return self._cached[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        flat = x.reshape(-1, self.in_features)
+        flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         batch = flat.shape[0]
         cores = self.core_tensors()
         if torch.is_grad_enabled() and (flat.requires_grad or any(c.requires_grad for c in cores)):
@@ -357,10 +357,12 @@ class TTLinear(nn.Module):
         else:
             plan = self.plan(batch)
             if plan is None:  # the same kernel as nn.Linear's, on the rebuilt matrix
-                return F.linear(flat, self._rebuilt(), self.bias).reshape(*lead, self.out_features)
+                y = F.linear(flat, self._rebuilt(cores), self.bias)
+                return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
             y = run_plan(flat, cores, plan)
         if self.bias is not None:
             y = y + self.bias
+        lead = x.shape[:-1]
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
