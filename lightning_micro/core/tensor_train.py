@@ -339,10 +339,13 @@ class TTLinear(nn.Module):
             self._gradient_plans[batch] = min(plans(len(shapes)), key=lambda p: plan_macs(shapes, p, batch))
         return self._gradient_plans[batch]
 
+    def _apply(self, fn, recurse=True):
+        self._cached = None  # .to(), .cuda(), .double() ... replace the cores' data without bumping their versions
+        return super()._apply(fn, recurse)
+
     def _rebuilt(self, cores: list[torch.Tensor]) -> torch.Tensor:
-        # Valid while no core changed in place (optimizer steps and load_state_dict bump the version counters)
-        # and the cores did not move (module.to swaps their data, so compare the data pointers too).
-        key = [c._version for c in cores] + [c.data_ptr() for c in cores]
+        # Valid while no core changed in place: optimizer steps and load_state_dict bump the version counters.
+        key = [c._version for c in cores]
         if self._cached is None or self._cached[0] != key:
             with torch.no_grad():
                 self._cached = (key, to_matrix(cores))

@@ -145,3 +145,15 @@ def test_decomposition_works_whatever_tensorly_backend_is_global():
     with tensorly.backend_context("pytorch"):  # what importing TensorLy-Torch does, globally
         swapped = tt.TTLinear.from_linear(layer, ranks=2, cores=3)
     assert swapped.ranks == [1, 2, 2, 1]
+
+
+def test_rebuilt_matrix_follows_a_dtype_change_and_a_state_dict_load():
+    layer = tt.TTLinear.from_linear(_random_linear(784, 300), ranks=13).eval()
+    x = torch.randn(64, 784)
+    with torch.no_grad():
+        layer(x)  # builds the cached matrix
+        other = tt.TTLinear.from_linear(_random_linear(784, 300, seed=1), ranks=13)
+        layer.load_state_dict(other.state_dict())
+        torch.testing.assert_close(layer(x), other(x))
+        layer.double()
+        assert layer(x.double()).dtype == torch.float64
