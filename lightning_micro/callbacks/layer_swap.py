@@ -80,6 +80,13 @@ class LayerSwap(Callback):
         if not hasattr(pl_module, "apply_transform"):
             raise ValueError(f"{type(self).__name__} needs a LightningModule with apply_transform(...), e.g. "
                              "lightning_micro.models.ClassifierModule")
+        # Not combined yet, so refused rather than silently wrong: pruning keeps references to the weights it
+        # selected (a swap replaces them), and QAT selects and traces the layers as they were before the swap.
+        others = [type(c).__name__ for c in trainer.callbacks
+                  if type(c).__name__ in ("GradualMagnitudePruning", "QuantizationAwareTraining")]
+        if others:
+            raise ValueError(f"{type(self).__name__} does not combine with {', '.join(others)} in one run yet "
+                             f"(they select layers before the swap replaces them); use one of them per run")
         max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
         if isinstance(self.swap_at, float):
             if max_epochs is None:

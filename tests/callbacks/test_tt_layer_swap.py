@@ -13,7 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_micro.callbacks import TTLayerSwap
+from lightning_micro.callbacks import GradualMagnitudePruning, LowRankDecomposition, TTLayerSwap
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.export import load_compressed, read_metadata
@@ -177,5 +177,15 @@ def test_swap_at_the_end_of_training_fails_before_the_first_step(tmp_path):
     module = ClassifierModule(NET, SGD, input_shape=[1, 8, 8])
     trainer = trainer_for(tmp_path, [TTLayerSwap(swap_at=3, ranks=4)], max_epochs=3)
     with pytest.raises(ValueError, match="swap_at=3 is at or after the end of training"):
+        trainer.fit(module, DigitsDataModule(batch_size=64))
+    assert trainer.global_step == 0
+
+
+@pytest.mark.parametrize("swap", [lambda: TTLayerSwap(ranks=4), lambda: LowRankDecomposition(rank=4)],
+                         ids=["tt", "lowrank"])
+def test_combining_with_pruning_fails_before_the_first_step(swap, tmp_path):
+    module = ClassifierModule(NET, SGD, input_shape=[1, 8, 8])
+    trainer = trainer_for(tmp_path, [GradualMagnitudePruning(final_sparsity=0.5), swap()], max_epochs=2)
+    with pytest.raises(ValueError, match="does not combine with GradualMagnitudePruning in one run yet"):
         trainer.fit(module, DigitsDataModule(batch_size=64))
     assert trainer.global_step == 0
