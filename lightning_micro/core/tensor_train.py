@@ -289,7 +289,7 @@ class TTLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self._plans: dict[int, Plan | None] = {}  # by batch size; shapes never change
         self._gradient_plans: dict[int, Plan] = {}
-        self._cached: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self._cached: tuple[list[int], torch.Tensor] | None = None  # (cores' versions, rebuilt matrix)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
