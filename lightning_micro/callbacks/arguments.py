@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -57,16 +57,16 @@ def check_patterns(include: Any, exclude: Any) -> tuple[list[str], list[str]]:
 
 
 def select_layers(net: nn.Module, include: Sequence[str], exclude: Sequence[str], module_types: Sequence[str],
-                  what: str) -> list[str]:
-    """Names of the layers of ``net`` whose class (or a base class) is one of ``module_types``, matching a
-    pattern of ``include`` and none of ``exclude``, in model order.
+                  what: str, takes: Callable[[nn.Module], bool] | None = None) -> list[str]:
+    """Names of the layers of ``net`` whose class (or a base class) is one of ``module_types`` (and, given
+    ``takes``, for which it is true), matching a pattern of ``include`` and none of ``exclude``, in model order.
 
     Raises:
         ValueError: a pattern that matches no layer at all, an ``include`` pattern that matches no layer of
             those types, or a selection left empty; the message names the argument and lists the candidates.
     """
     modules = {n: m for n, m in net.named_modules() if n}
-    candidates = [n for n, m in modules.items() if is_of_type(m, module_types)]
+    candidates = [n for n, m in modules.items() if is_of_type(m, module_types) and (takes is None or takes(m))]
     if not candidates:
         raise ValueError(f"{type(net).__name__} has no layer of the types {what} works on ({list(module_types)})")
     for arg, patterns in (("include", include), ("exclude", exclude)):

@@ -49,6 +49,10 @@ class LayerSwap(Callback):
         self.layers: list[str] = []  # resolved by check_model
         self._swap_epoch: int | None = None
 
+    def takes(self, layer: nn.Module) -> bool:
+        """Whether a layer of one of ``module_types`` can be swapped at all (a wildcard skips the others)."""
+        return True
+
     def layer_spec(self, name: str, layer: nn.Module) -> dict[str, Any]:
         """The plain (JSON) arguments of ``layer``'s replacement, computed from the layer as it is now; raise
         ``ValueError`` naming the argument when this callback's arguments cannot apply to it."""
@@ -58,7 +62,7 @@ class LayerSwap(Callback):
 
     def check_model(self, net: nn.Module) -> None:
         """Resolve the layers to swap and check that every one of them can be swapped as configured."""
-        self.layers = select_layers(net, self.include, self.exclude, self.module_types, self.technique)
+        self.layers = select_layers(net, self.include, self.exclude, self.module_types, self.technique, self.takes)
         for name in self.layers:
             self.layer_spec(name, net.get_submodule(name))
 

@@ -78,6 +78,11 @@ class LowRankDecomposition(LayerSwap):
         check_ratio("compression_ratio", compression_ratio)
         self.conv_method, self.rank, self.compression_ratio = conv_method, rank, compression_ratio
 
+    def takes(self, layer: nn.Module) -> bool:
+        # Grouped (depthwise) convolutions have no channel modes to factor: left alone, like other types.
+        return not isinstance(layer, nn.Conv2d) or (layer.groups == 1 and layer.padding_mode == "zeros"
+                                                   and not isinstance(layer.padding, str))
+
     def layer_spec(self, name: str, layer: nn.Module) -> dict[str, Any]:
         method = "svd" if isinstance(layer, nn.Linear) else self.conv_method
         try:
@@ -104,9 +109,15 @@ class LowRankDecomposition(LayerSwap):
             dims = (layer.out_channels, layer.in_channels, *layer.kernel_size)
             candidates = range(1, math.prod(dims) // max(dims) + 1)
         else:
-            def ranks_at(scale: int) -> list[int]:  # r_out / r_in ~ out / in
+            kernel = math.prod(layer.kernel_size)
+            bounds = [min(layer.out_channels, layer.in_channels * kernel),
+                      min(layer.in_channels, layer.out_channels * kernel)]
+
+            def ranks_at(scale: int) -> list[int]:  # r_out / r_in ~ out / in, within what the kernel allows
                 step = scale / max(layer.out_channels, layer.in_channels)
-                return [max(1, round(layer.out_channels * step)), max(1, round(layer.in_channels * step))]
+                r_out = min(bounds[0], max(1, round(layer.out_channels * step)))
+                r_in = min(bounds[1], max(1, round(layer.in_channels * step)))
+                return [min(r_out, r_in * kernel), min(r_in, r_out * kernel)]
             count = lambda s: TuckerConv2d.parameter_count(layer, ranks_at(s))  # noqa: E731
             candidates = range(1, max(layer.out_channels, layer.in_channels) + 1)
         fitting = [r for r in candidates if count(r) * self.compression_ratio <= dense]

@@ -85,12 +85,23 @@ class TuckerConv2d(nn.Sequential):
 
     def __init__(self, conv: nn.Conv2d, ranks: Sequence[int]) -> None:
         _check_plain_conv(conv, "Tucker-2")
+        # A mode's rank is at most the rank of its unfolding: channels, or the product of the other modes.
+        kernel = math.prod(conv.kernel_size)
+        out_bound = min(conv.out_channels, conv.in_channels * kernel)
+        in_bound = min(conv.in_channels, conv.out_channels * kernel)
         if isinstance(ranks, int) and not isinstance(ranks, bool):
-            ranks = [min(ranks, conv.out_channels), min(ranks, conv.in_channels)]
+            ranks = [min(ranks, out_bound), min(ranks, in_bound)]
         if len(ranks) != 2:
             raise ValueError(f"Tucker-2 ranks are [r_out, r_in] (or one number for both), got {ranks!r}")
-        r_out = _check_rank("ranks[0] (r_out)", ranks[0], conv.out_channels, f"{conv.out_channels} output channels")
-        r_in = _check_rank("ranks[1] (r_in)", ranks[1], conv.in_channels, f"{conv.in_channels} input channels")
+        r_out = _check_rank("ranks[0] (r_out)", ranks[0], out_bound,
+                            f"a kernel of {conv.out_channels} output channels and {conv.in_channels * kernel} "
+                            f"inputs per output")
+        r_in = _check_rank("ranks[1] (r_in)", ranks[1], in_bound,
+                           f"a kernel of {conv.in_channels} input channels and {conv.out_channels * kernel} "
+                           f"outputs per input")
+        if r_out > r_in * kernel or r_in > r_out * kernel:  # the core (r_out, r_in, kh, kw) bounds them too
+            raise ValueError(f"Tucker-2 ranks [{r_out}, {r_in}] do not fit a {list(conv.kernel_size)} core: each "
+                             f"rank can be at most the other times {kernel} (kernel height x width)")
         super().__init__(
             nn.Conv2d(conv.in_channels, r_in, 1, bias=False),
             nn.Conv2d(r_in, r_out, conv.kernel_size, conv.stride, conv.padding, conv.dilation, bias=False),

@@ -113,3 +113,16 @@ def test_bad_config_fails_before_training_naming_the_key(overrides, message, tmp
     with pytest.raises(ConfigError, match=message):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_wildcards_leave_depthwise_convolutions_alone_and_naming_one_fails():
+    from lightning_micro.models import MobileNet
+
+    net = MobileNet([1, 8, 8], 10)
+    lowrank = LowRankDecomposition(compression_ratio=1.5)
+    lowrank.check_model(net)
+    depthwise = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert depthwise and not set(depthwise) & set(lowrank.layers)
+    assert any(isinstance(net.get_submodule(n), nn.Conv2d) for n in lowrank.layers)
+    with pytest.raises(ValueError, match=f"include: pattern '{depthwise[0]}' matches .* which LowRankDecomposition"):
+        LowRankDecomposition(rank=2, include=[depthwise[0]]).check_model(net)

@@ -35,6 +35,14 @@ def test_tucker2_is_exact_at_full_rank_and_keeps_the_geometry(geometry):
     assert TuckerConv2d.from_conv(conv, 4).ranks == [4, 4]
 
 
+def test_tucker2_of_a_pointwise_conv_is_exact_at_the_ranks_its_unfoldings_allow():
+    torch.manual_seed(0)
+    conv, x = nn.Conv2d(8, 16, 1), torch.randn(2, 8, 5, 5)
+    tucker = TuckerConv2d.from_conv(conv, 16)  # one number: capped at [min(16, 8), min(8, 16)]
+    assert tucker.ranks == [8, 8]
+    assert _relative_error(tucker(x), conv(x)) < 1e-5
+
+
 def test_cp_recovers_a_kernel_of_that_cp_rank_and_keeps_the_geometry():
     torch.manual_seed(0)
     rank, (o, i, kh, kw) = 4, (10, 6, 3, 5)
@@ -77,12 +85,14 @@ def test_gradients_reach_every_factor():
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: LowRankLinear(50, 30, 0), "rank must be a positive integer"),
     (lambda: LowRankLinear(50, 30, 31), "rank=31 is larger than a 30x50 matrix allows \\(at most 30\\)"),
-    (lambda: TuckerConv2d(nn.Conv2d(6, 10, 3), [11, 2]), "r_out\\)=11 is larger than 10 output channels"),
-    (lambda: TuckerConv2d(nn.Conv2d(6, 10, 3), [2, 7]), "r_in\\)=7 is larger than 6 input channels"),
+    (lambda: TuckerConv2d(nn.Conv2d(6, 10, 3), [11, 2]), "r_out\\)=11 is larger than a kernel of 10 output"),
+    (lambda: TuckerConv2d(nn.Conv2d(6, 10, 3), [2, 7]), "r_in\\)=7 is larger than a kernel of 6 input"),
+    (lambda: TuckerConv2d(nn.Conv2d(8, 16, 1), [9, 2]), "r_out\\)=9 .* and 8 inputs per output allows \\(at most 8\\)"),
     (lambda: TuckerConv2d(nn.Conv2d(6, 10, 3), [1, 2, 3]), "Tucker-2 ranks are \\[r_out, r_in\\]"),
     (lambda: CPConv2d(nn.Conv2d(6, 10, 3), -1), "rank must be a positive integer"),
     (lambda: CPConv2d(nn.Conv2d(6, 10, 3), 1000), "larger than a \\[10, 6, 3, 3\\] kernel allows"),
     (lambda: TuckerConv2d(nn.Conv2d(6, 6, 3, groups=6), 2), "ordinary convolutions \\(groups=1"),
+    (lambda: TuckerConv2d(nn.Conv2d(8, 16, 1), [6, 3]), "\\[6, 3\\] do not fit a \\[1, 1\\] core"),
 ])
 def test_bad_ranks_name_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
