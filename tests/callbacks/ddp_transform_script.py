@@ -5,6 +5,7 @@ of training (before QAT converts the network).
     python tests/callbacks/ddp_transform_script.py OUT_DIR qat|tt|lowrank
 """
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +25,20 @@ class SaveWeightsPerRank(L.Callback):
         weights = {n: p.detach().clone() for n, p in pl_module.net.named_parameters()}
         torch.save({"weights": weights, "transforms": [e["transform"] for e in pl_module.transforms]},
                    self.out / f"rank{trainer.global_rank}.pt")
+
+
+def run_on_two_ranks(out: Path, technique: str) -> dict:
+    """Run this script for ``technique``; check both ranks ended with the same record and identical weights, and
+    return rank 0's ``{"weights", "transforms"}``."""
+    done = subprocess.run([sys.executable, __file__, str(out), technique], cwd=Path(__file__).parents[2],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
+    assert rank0["transforms"] == rank1["transforms"]
+    assert rank0["weights"].keys() == rank1["weights"].keys() and rank0["weights"]
+    for name, value in rank0["weights"].items():
+        assert torch.equal(value, rank1["weights"][name]), name
+    return rank0
 
 
 TECHNIQUES = {

@@ -4,8 +4,6 @@ network, exact resume, fresh-process reload, DDP, bad input refused before train
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,9 +14,10 @@ from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
 from lightning_micro.export import load_compressed, read_metadata
 from lightning_micro.instantiate import ConfigError
 from lightning_micro.run import train
+from tests.callbacks.ddp_transform_script import run_on_two_ranks
 from tests.callbacks.test_quantization_aware_training import _fresh_process_accuracy
 from tests.callbacks.test_tt_layer_swap import RecordAroundSwap, fit
-from tests.conftest import FAST, ROOT, compose_cfg
+from tests.conftest import FAST, compose_cfg
 
 SMALL_RESNET = ["model=resnet20", "model.net.blocks_per_stage=1"]
 
@@ -74,15 +73,8 @@ def test_ratio_picks_the_largest_rank_that_meets_it():
 
 
 def test_ddp_two_processes_train_the_same_factors(tmp_path):
-    script = ROOT / "tests" / "callbacks" / "ddp_transform_script.py"
-    out = subprocess.run([sys.executable, str(script), str(tmp_path), "lowrank"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert rank0["transforms"] == rank1["transforms"] == ["low_rank_swap"]
-    assert "fc1.0.weight" in rank0["weights"]
-    for name, value in rank0["weights"].items():
-        assert torch.equal(value, rank1["weights"][name]), name
+    saved = run_on_two_ranks(tmp_path, "lowrank")
+    assert saved["transforms"] == ["low_rank_swap"] and "fc1.0.weight" in saved["weights"]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -20,6 +20,7 @@ from lightning_micro.instantiate import ConfigError
 from lightning_micro.models import ClassifierModule
 from lightning_micro.report import weight_tensors
 from lightning_micro.run import train
+from tests.callbacks.ddp_transform_script import run_on_two_ranks
 from tests.callbacks.test_gradual_magnitude_pruning import StopAfterEpoch, trainer_for
 from tests.conftest import FAST, ROOT, compose_cfg
 
@@ -152,15 +153,8 @@ def test_pruned_weights_stay_zero_through_quantization_and_export(qat_args, tmp_
 
 
 def test_ddp_two_processes_train_the_same_quantized_weights(tmp_path):
-    script = ROOT / "tests" / "callbacks" / "ddp_transform_script.py"
-    out = subprocess.run([sys.executable, str(script), str(tmp_path), "qat"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert rank0["transforms"] == rank1["transforms"] == ["int8_qat_prepare"]
-    assert rank0["weights"].keys() == rank1["weights"].keys() and rank0["weights"]
-    for name, value in rank0["weights"].items():
-        assert torch.equal(value, rank1["weights"][name]), name
+    saved = run_on_two_ranks(tmp_path, "qat")
+    assert saved["transforms"] == ["int8_qat_prepare"]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -4,8 +4,6 @@ exports cores that reload in a fresh process, runs under DDP, refuses bad input 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -20,9 +18,10 @@ from lightning_micro.export import load_compressed, read_metadata
 from lightning_micro.instantiate import ConfigError
 from lightning_micro.models import ClassifierModule
 from lightning_micro.run import train
+from tests.callbacks.ddp_transform_script import run_on_two_ranks
 from tests.callbacks.test_gradual_magnitude_pruning import StopAfterEpoch, trainer_for
 from tests.callbacks.test_quantization_aware_training import COSINE, NET, SGD, _fresh_process_accuracy
-from tests.conftest import FAST, ROOT, compose_cfg
+from tests.conftest import FAST, compose_cfg
 
 
 def fit(tmp_path: Path, technique: L.Callback, stop_after: int | None = None, ckpt_path: Path | None = None,
@@ -126,15 +125,8 @@ def test_resume_after_the_swap_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_ddp_two_processes_train_the_same_cores(tmp_path):
-    script = ROOT / "tests" / "callbacks" / "ddp_transform_script.py"
-    out = subprocess.run([sys.executable, str(script), str(tmp_path), "tt"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert rank0["transforms"] == rank1["transforms"] == ["tt_swap"]
-    assert "fc1.cores.0" in rank0["weights"]
-    for name, value in rank0["weights"].items():
-        assert torch.equal(value, rank1["weights"][name]), name
+    saved = run_on_two_ranks(tmp_path, "tt")
+    assert saved["transforms"] == ["tt_swap"] and "fc1.cores.0" in saved["weights"]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
