@@ -65,20 +65,17 @@ def tt_dims(in_features: int, out_features: int, cores: int = 4, in_factors: Seq
     for name, factors, n in (("in_factors", in_factors, in_features), ("out_factors", out_factors, out_features)):
         if factors is not None and (not factors or any(int(f) < 1 for f in factors) or math.prod(factors) != n):
             raise ValueError(f"{name}={list(factors)} must be positive integers whose product is {n}")
-    if in_factors is not None and out_factors is not None:
-        if len(in_factors) != len(out_factors):
-            raise ValueError(f"in_factors={list(in_factors)} and out_factors={list(out_factors)} must have the same "
-                             f"length (one pair per core)")
-        return [int(f) for f in in_factors], [int(f) for f in out_factors]
-    if in_factors is not None or out_factors is not None:
-        given = in_factors if in_factors is not None else out_factors
-        cores = len(given)
+    given = in_factors if in_factors is not None else out_factors
+    if given is not None:  # the other side, if missing, gets as many factors
+        ins = [int(f) for f in in_factors] if in_factors is not None else factorize(in_features, len(given))
+        outs = [int(f) for f in out_factors] if out_factors is not None else sorted(factorize(out_features,
+                                                                                             len(given)))
+        if len(ins) != len(outs):
+            raise ValueError(f"in_factors={ins} and out_factors={outs} must have the same length (one pair per core)")
+        return ins, outs
     if isinstance(cores, bool) or not isinstance(cores, int) or cores < 2:
         raise ValueError(f"cores must be an integer >= 2, got {cores!r}")
-    ins = [int(f) for f in in_factors] if in_factors is not None else factorize(in_features, cores)
-    outs = [int(f) for f in out_factors] if out_factors is not None else sorted(factorize(out_features, cores))
-    if in_factors is not None or out_factors is not None:
-        return ins, outs
+    ins, outs = factorize(in_features, cores), sorted(factorize(out_features, cores))
     pairs = sorted(zip(ins, outs, strict=True), key=lambda p: p[0] * p[1], reverse=True)
     front, back = [], []
     for k, pair in enumerate(pairs):  # biggest pairs alternately to the front and the back
@@ -325,15 +322,13 @@ class TTLinear(nn.Module):
         """The contraction plan with the fewest multiply-adds for ``batch`` rows, or ``None`` when multiplying by
         the (cached) rebuilt matrix is cheaper still (only used without gradients)."""
         if batch not in self._plans:
-            shapes = [tuple(c.shape) for c in self.cores]
-            costs = {plan: plan_macs(shapes, plan, batch) for plan in plans(len(shapes))}
-            best = min(costs, key=costs.get)
-            dense = batch * self.in_features * self.out_features
-            self._plans[batch] = None if dense < costs[best] else best
+            best = self.cheapest_plan(batch)
+            cost = plan_macs([tuple(c.shape) for c in self.cores], best, batch)
+            self._plans[batch] = None if batch * self.in_features * self.out_features < cost else best
         return self._plans[batch]
 
-    def plan_with_gradients(self, batch: int) -> Plan:
-        """The contraction plan with the fewest multiply-adds for ``batch`` rows (training: no cached matrix)."""
+    def cheapest_plan(self, batch: int) -> Plan:
+        """The contraction plan with the fewest multiply-adds for ``batch`` rows (with gradients, always used)."""
         if batch not in self._gradient_plans:
             shapes = [tuple(c.shape) for c in self.cores]
             self._gradient_plans[batch] = min(plans(len(shapes)), key=lambda p: plan_macs(shapes, p, batch))
@@ -356,7 +351,7 @@ class TTLinear(nn.Module):
         batch = flat.shape[0]
         cores = self.core_tensors()
         if torch.is_grad_enabled() and (flat.requires_grad or any(c.requires_grad for c in cores)):
-            y = run_plan(flat, cores, self.plan_with_gradients(batch))
+            y = run_plan(flat, cores, self.cheapest_plan(batch))
         else:
             plan = self.plan(batch)
             if plan is None:  # the same kernel as nn.Linear's, on the rebuilt matrix
