@@ -33,10 +33,11 @@ Record = list[dict[str, Any]]
 
 
 def replace_module(net: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` where the submodule called ``name`` (dotted path) was."""
+    """Put ``new`` where the submodule called ``name`` (dotted path) was, on that module's device."""
     parent_name, _, child = name.rpartition(".")
     parent = net.get_submodule(parent_name) if parent_name else net
-    setattr(parent, child, new)
+    old_param = next(getattr(parent, child).parameters(), None)
+    setattr(parent, child, new if old_param is None else new.to(old_param.device))
 
 
 def _weight_fake_quant(net: nn.Module, layers: Sequence[str], bits: int, per_channel: bool, symmetric: bool
@@ -99,7 +100,7 @@ def _low_rank_swap(net: nn.Module, layers: Sequence[Mapping[str, Any]], initiali
                    LowRankLinear(layer.in_features, layer.out_features, rank, bias=layer.bias is not None))
         else:
             kind = {"tucker2": TuckerConv2d, "cp": CPConv2d}[method]
-            new = kind.from_conv(layer, rank) if initialize else kind(layer, rank).to(layer.weight.device)
+            new = kind.from_conv(layer, rank) if initialize else kind(layer, rank)
         replace_module(net, spec["name"], new)
     return net
 

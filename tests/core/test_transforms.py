@@ -75,3 +75,12 @@ def test_replaying_a_decomposition_builds_its_structure_without_decomposing(monk
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(fresh(x), net(x))
+
+
+def test_replaced_modules_land_on_the_device_of_the_module_they_replace():
+    # A replay in on_load_checkpoint can run on a network already moved to its device; "meta" stands in for it.
+    record = [{"transform": "tt_swap", "args": {"layers": [
+                  {"name": "fc1", "in_factors": [4, 2, 2, 4], "out_factors": [4, 5, 5, 3], "ranks": [1, 4, 4, 4, 1]}]}},
+              {"transform": "low_rank_swap", "args": {"layers": [{"name": "fc2", "method": "svd", "rank": 10}]}}]
+    net = transforms.replay(LeNet300([1, 8, 8]).to("meta"), record)
+    assert {p.device.type for p in net.parameters()} == {"meta"}
