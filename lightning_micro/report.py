@@ -43,10 +43,20 @@ class ReportContributor(Protocol):
     def report_fields(self, net: nn.Module) -> Mapping[str, ReportValue]: ...
 
 
+@runtime_checkable
+class DecodedWeights(Protocol):
+    """A deployed layer whose weights are float buffers decoded from integer codes, not parameters (e.g.
+    :class:`lightning_micro.core.quantized_tt.LowBitTTLinear`): ``decoded_weights`` names those buffers, and
+    :func:`weight_tensors` reports each as ``<module>.<name>``."""
+
+    decoded_weights: tuple[str, ...]
+
+
 def weight_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
     """The network's learned tensors by name, as float values: its parameters, the weights of torch.ao's
     integer modules (packed, read through their ``weight()`` / ``bias()`` methods and dequantized) and the
-    decoded weights of low-bit layers (a ``weight`` buffer beside the integer codes)."""
+    decoded weights of low-bit layers (a ``weight`` buffer beside the integer codes, or the buffers a
+    :class:`DecodedWeights` layer names)."""
     tensors: dict[str, torch.Tensor] = {}
     for module_name, module in net.named_modules():
         prefix = f"{module_name}." if module_name else ""
@@ -62,6 +72,9 @@ def weight_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
                 tensors[prefix + name] = param.detach()
         if "weight" in module._buffers and "weight" not in module._parameters and module._buffers["weight"] is not None:
             tensors[prefix + "weight"] = module._buffers["weight"]
+        if isinstance(module, DecodedWeights):
+            for name in module.decoded_weights:
+                tensors[prefix + name] = module._buffers[name]
     return tensors
 
 
