@@ -116,6 +116,23 @@ def decomposition_speed_rows(payload: dict) -> list[str]:
     return rows
 
 
+def composition_rows(payload: dict) -> list[str]:
+    rows = []
+    for name, result in payload["results"].items():
+        run, figures = result["runs"][0], result["figures"]
+        delta = figures.get("delta_vs_dense_pp")
+        conv = figures.get("conv_macs_fewer_x")
+        bars = "; ".join(f"{key} {b['measured']:.3g} vs {b['bar']:g}: {'met' if b['met'] else 'NOT met'}"
+                         for key, b in result.get("bars", {}).items()) or "-"
+        rows.append(
+            f"| {name} | `{' '.join(result['overrides'])}` | {result['test_acc_mean']:.2%} | "
+            f"{'-' if delta is None else f'{delta:+.2f}'} | "
+            f"{run['size/artifact_bytes']:,} ({run['size/ratio']:.1f}x) | "
+            f"{'-' if conv is None else f'{conv:.2f}x'} | {run['latency/speedup_b64']:.2f}x | {bars} |"
+        )
+    return rows
+
+
 if __name__ == "__main__":
     for title, name, render in (("baselines", "baselines.json", baseline_rows),
                                 ("gmp lenet300", "gmp_accuracy_lenet300.json", gmp_rows),
@@ -124,7 +141,8 @@ if __name__ == "__main__":
                                 ("qat accuracy", "qat_accuracy.json", qat_rows),
                                 ("qat speed", "qat_speed.json", qat_speed_rows),
                                 ("decomposition accuracy", "decomposition_accuracy.json", decomposition_rows),
-                                ("decomposition speed", "decomposition_speed.json", decomposition_speed_rows)):
+                                ("decomposition speed", "decomposition_speed.json", decomposition_speed_rows),
+                                ("composition", "composition.json", composition_rows)):
         payload = load(name)
         if payload:
             print(f"\n{title}:\n" + "\n".join(render(payload)))

@@ -43,7 +43,8 @@ from lightning_micro.core.int8_backend import quantized_tensor_from_parts, quant
 from lightning_micro.core.sparse_format import bitmask_decode, bitmask_encode
 from lightning_micro.instantiate import instantiate
 
-FORMAT = "lightning_micro.artifact/2"
+FORMAT = "lightning_micro.artifact/3"
+READABLE_FORMATS = (FORMAT, "lightning_micro.artifact/2", "lightning_micro.artifact/1")  # /2: no submodule
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,8 @@ CODECS: dict[str, Codec] = {
 
 def _flatten_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors by key, and the entries that are not plain tensors: a tuple becomes ``key#0``, ``key#1``, ...
-    (described in ``values`` as ``["tuple", n]``; ``None`` items as ``["none"]``) and a dtype is kept as its
-    name."""
+    (described in ``values`` as ``["tuple", n]``; ``None`` items as ``["none"]``), a dtype is kept as its
+    name, ``None`` as ``["none"]``."""
     tensors: dict[str, torch.Tensor] = {}
     values: dict[str, Any] = {}
     versions = getattr(state, "_metadata", None)  # modules' state-dict versions: old ones load differently
@@ -107,6 +108,8 @@ def _flatten_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], d
                     tensors[f"{key}#{i}"] = item
         elif isinstance(value, torch.dtype):
             values[key] = ["dtype", str(value).removeprefix("torch.")]
+        elif value is None:  # an integer convolution without bias keeps `bias: None` in its state dict
+            values[key] = ["none"]
         else:
             raise ValueError(f"state-dict entry {key} is a {type(value).__name__}, which the artifact cannot store")
     return tensors, values
@@ -117,6 +120,8 @@ def _unflatten_state(tensors: dict[str, torch.Tensor], values: Mapping[str, Any]
     for key, (kind, *rest) in values.items():
         if kind == "dtype":
             state[key] = getattr(torch, rest[0])
+        elif kind == "none" and "#" not in key:
+            state[key] = None
         elif kind == "versions":
             state._metadata = OrderedDict(rest[0])  # type: ignore[attr-defined]
     for key, (kind, *rest) in values.items():
@@ -131,6 +136,7 @@ def save_compressed(
     path: str | os.PathLike,
     codecs: Mapping[str, str] | None = None,
     record: transforms.Record | None = None,
+    submodule: str = "",
 ) -> int:
     """Write ``net`` as an artifact at ``path`` and return its size in bytes.
 
@@ -140,6 +146,7 @@ def save_compressed(
         path: file to create; an existing file is never overwritten.
         codecs: codec name per state-dict key; keys not named use ``dense`` (``qtensor`` if quantized).
         record: the structural transforms applied to the network built from ``net_spec`` (replayed on load).
+        submodule: dotted name of the network inside the object ``net_spec`` builds (``""``: that object).
 
     Raises:
         FileExistsError: ``path`` exists.
@@ -163,7 +170,7 @@ def save_compressed(
         for suffix, part in CODECS[chosen[name]].encode(tensor.detach().cpu()).items():
             tensors[f"{name}::{suffix}"] = part.contiguous()
     metadata = {"format": FORMAT, "net": json.dumps(dict(net_spec)), "codecs": json.dumps(chosen),
-                "transforms": json.dumps(list(record or [])), "values": json.dumps(values)}
+                "transforms": json.dumps(list(record or [])), "values": json.dumps(values), "submodule": submodule}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
     return path.stat().st_size
@@ -173,16 +180,18 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The artifact's metadata, JSON fields decoded."""
     with safe_open(str(path), framework="pt") as handle:
         raw = handle.metadata() or {}
-    if raw.get("format") not in (FORMAT, "lightning_micro.artifact/1"):  # /1: before transforms and values
+    if raw.get("format") not in READABLE_FORMATS:
         raise ValueError(f"{path} is not a lightning_micro artifact (format {raw.get('format')!r}, want {FORMAT})")
-    defaults = {"transforms": "[]", "values": "{}"}
-    return {"format": raw["format"],
+    defaults = {"transforms": "[]", "values": "{}"}  # /1 had neither
+    return {"format": raw["format"], "submodule": raw.get("submodule", ""),
             **{key: json.loads(raw.get(key, defaults.get(key))) for key in ("net", "codecs", "transforms", "values")}}
 
 
 def load_compressed(path: str | os.PathLike) -> nn.Module:
     """Rebuild the network stored at ``path``, in eval mode, on the CPU: build it from its config, replay its
-    structural transforms, load its tensors (strictly: every key, every shape)."""
+    structural transforms, load its tensors (strictly: every key, every shape). An artifact of a user's own
+    LightningModule rebuilds that module from its class path and saved init arguments and returns the network
+    inside it (``submodule``)."""
     meta = read_metadata(path)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     with safe_open(str(path), framework="pt") as handle:
@@ -195,6 +204,51 @@ def load_compressed(path: str | os.PathLike) -> nn.Module:
             raise ValueError(f"{path}: {name} uses codec {codec_name!r}, which this version does not know "
                              f"(known: {sorted(CODECS)})")
         state[name] = CODECS[codec_name].decode(parts[name])
-    net = transforms.replay(instantiate(meta["net"], "artifact.net"), meta["transforms"])
+    built = instantiate(meta["net"], "artifact.net")
+    net = built.get_submodule(meta["submodule"]) if meta["submodule"] else built
+    net = transforms.replay(net, meta["transforms"])
     net.load_state_dict(_unflatten_state(state, meta["values"]), strict=True)
     return net.eval()
+
+
+def export_compressed(trainer: Any, path: str | os.PathLike, pl_module: Any = None) -> int:
+    """Write the compressed network of a finished fit as an artifact and return its size in bytes: the one call
+    after ``trainer.fit`` for any LightningModule with the compression contract.
+
+    Every compression technique of the trainer is finalized (int8 conversion, integer codes), their codecs are
+    gathered (for the keys the network has), and the network is saved with its record of transforms and the spec
+    that rebuilds it (:meth:`~lightning_micro.contract.CompressionMixin.compressed_net_spec`: the module's class
+    path and saved init arguments, or a factory it names). :func:`load_compressed` rebuilds it in a fresh process.
+
+    Args:
+        trainer: the ``lightning.Trainer`` that ran the fit (its callbacks are the techniques).
+        path: the file to create; an existing file is never overwritten.
+        pl_module: the LightningModule (default: ``trainer.lightning_module``).
+
+    Raises:
+        FileExistsError: ``path`` exists.
+        ValueError: the module's class cannot be imported by another process (defined in ``__main__``), or its
+            init arguments were not saved.
+        TypeError: the module does not adopt the compression contract.
+
+    Example:
+        >>> trainer.fit(module, datamodule)  # doctest: +SKIP
+        >>> export_compressed(trainer, "model.safetensors")  # doctest: +SKIP
+        >>> net = load_compressed("model.safetensors")  # doctest: +SKIP
+    """
+    from lightning_micro.callbacks.technique import CompressionTechnique
+    from lightning_micro.contract import require_contract
+
+    module = require_contract(pl_module if pl_module is not None else trainer.lightning_module, "export_compressed")
+    if Path(path).exists():
+        raise FileExistsError(f"refusing to overwrite the existing artifact {path}")
+    spec, submodule = module.compressed_net_spec()  # refuses __main__ classes before anything is converted
+    techniques = [c for c in trainer.callbacks if isinstance(c, CompressionTechnique)]
+    for technique in techniques:
+        technique.finalize(module)
+    net = module.compressed_net
+    state_keys = set(net.state_dict())
+    codecs: dict[str, str] = {}
+    for technique in techniques:  # later techniques win for a key two of them name
+        codecs.update({k: v for k, v in technique.export_codecs(net).items() if k in state_keys})
+    return save_compressed(net, spec, path, codecs, module.transforms, submodule=submodule)

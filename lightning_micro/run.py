@@ -17,7 +17,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from lightning_micro import report as reporting
-from lightning_micro.export import load_compressed, save_compressed
+from lightning_micro.callbacks.technique import CompressionTechnique
+from lightning_micro.export import export_compressed, load_compressed, save_compressed
 from lightning_micro.instantiate import ConfigError, instantiate, instantiate_each, to_plain
 from lightning_micro.models import ClassifierModule
 
@@ -86,16 +87,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_techniques(node: Any, module: ClassifierModule) -> list[Any]:
-    """The compression callbacks, in list order, each checked against the network before training: a
-    technique with ``check_model(net)`` raises ``ValueError`` for a selection that matches nothing."""
+    """The compression callbacks, in list order, each checked against the network before training
+    (``check_model`` raises ``ValueError`` for a selection that matches nothing)."""
     techniques = instantiate_each(node, "compression")
     for name, technique in zip(node or {}, techniques, strict=True):
-        check = getattr(technique, "check_model", None)
-        if check is not None:
-            try:
-                check(module.net)
-            except ValueError as err:
-                raise ConfigError(f"compression.{name}", str(err)) from err
+        if not isinstance(technique, CompressionTechnique):
+            raise ConfigError(f"compression.{name}", f"{type(technique).__name__} is not a compression technique "
+                              "(a subclass of lightning_micro.callbacks.CompressionTechnique)")
+        try:
+            technique.check_model(module.compressed_net)
+        except ValueError as err:
+            raise ConfigError(f"compression.{name}", str(err)) from err
     return techniques
 
 
@@ -108,15 +110,7 @@ def write_run_report(
     settings = cfg.get("report") or {}
     net_spec = module.net_spec
     artifact_path = output_dir / ARTIFACT_NAME
-    for callback in trainer.callbacks:  # e.g. int8 conversion, when fit did not end on the CPU
-        if hasattr(callback, "finalize"):
-            callback.finalize(module)
-    codecs: dict[str, str] = {}
-    state_keys = set(module.net.state_dict())
-    for callback in trainer.callbacks:
-        if hasattr(callback, "export_codecs"):  # later callbacks win for a key both name
-            codecs.update({k: v for k, v in callback.export_codecs(module.net).items() if k in state_keys})
-    save_compressed(module.net, net_spec, artifact_path, codecs, module.transforms)
+    export_compressed(trainer, artifact_path, module)  # finalizes every technique (e.g. int8 conversion)
     deployed = load_compressed(artifact_path)  # measure what a user gets from the file, not the training copy
     with tempfile.TemporaryDirectory() as tmp:
         dense = instantiate(net_spec, "model.net").eval()
@@ -134,7 +128,7 @@ def write_run_report(
             latency_min_run_time=float(settings.get("latency_min_run_time", 0.2)),
         )
     for callback in trainer.callbacks:
-        if isinstance(callback, reporting.ReportContributor):
+        if isinstance(callback, CompressionTechnique):
             report.update(callback.report_fields(module.net))
     reporting.write_report(report, output_dir / REPORT_NAME)
     from rich.console import Console

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-import lightning as L
 from torch import nn
 
+from lightning_micro.core.schedules import STEP_PREFIX
 from lightning_micro.core.selection import check_pattern, is_of_type, name_matches
-
-
-def target_net(pl_module: L.LightningModule) -> nn.Module:
-    """The network a technique works on: the module's ``net`` (ClassifierModule), or the module itself."""
-    return pl_module.net if isinstance(getattr(pl_module, "net", None), nn.Module) else pl_module
 
 
 def check_fraction(name: str, value: Any, upper_open: bool = True) -> float:
@@ -25,11 +20,15 @@ def check_fraction(name: str, value: Any, upper_open: bool = True) -> float:
     return float(value)
 
 
-def check_when(name: str, value: Any) -> int | float:
-    """An epoch (int >= 0) or a fraction of the run (float in [0, 1])."""
+def check_when(name: str, value: Any) -> int | float | str:
+    """A moment of the run: an epoch (int >= 0), a fraction of the run (float in [0, 1]) or an optimizer step
+    (``"step:N"``, N >= 0)."""
+    if isinstance(value, str) and value.startswith(STEP_PREFIX) and value[len(STEP_PREFIX):].isdigit():
+        return f"{STEP_PREFIX}{int(value[len(STEP_PREFIX):])}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(
-            f"{name} must be an epoch (int >= 0) or a fraction of the run (float in [0, 1]), got {value!r}"
+            f"{name} must be an epoch (int >= 0), a fraction of the run (float in [0, 1]) or an optimizer step "
+            f"('step:N'), got {value!r}"
         )
     if isinstance(value, int) and value < 0:
         raise ValueError(f"{name} must be an epoch >= 0, got {value}")
@@ -92,3 +91,12 @@ def check_ratio(name: str, value: Any) -> float | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 1):
         raise ValueError(f"{name} must be a number > 1, got {value!r}")
     return value
+
+
+def followers(candidates: Sequence[str], original: Sequence[str], present: Collection[str],
+              module_of: Callable[[str], str] = lambda name: name) -> list[str]:
+    """The ``candidates`` that stand where a name of ``original`` stood before a structural change replaced it:
+    for each original name no longer ``present``, the candidates inside its module (``module_of(name)``), e.g. a
+    TT layer's cores for the ``fc1.weight`` it replaced (a selection follows the layers it selected)."""
+    prefixes = tuple(module_of(name) + "." for name in original if name not in present)
+    return [c for c in candidates if prefixes and c.startswith(prefixes)]

@@ -5,26 +5,26 @@ The Lightning glue only: schedules, selection and masks live in :mod:`lightning_
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
 from lightning_micro.callbacks.arguments import check_fraction as _check_fraction
 from lightning_micro.callbacks.arguments import check_when as _check_when
-from lightning_micro.callbacks.arguments import target_net as _target_net
+from lightning_micro.callbacks.arguments import followers
+from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.masks import apply_masks_, magnitude_masks
 from lightning_micro.core.schedules import SPARSITY_SCHEDULES
 from lightning_micro.core.selection import check_pattern, name_matches, select_parameters
 from lightning_micro.report import sparsity as measured_sparsity
 
-DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+# TTLinear: its cores (``prunable_parameters``), so a TT layer swapped in mid-run is pruned like the Linear it replaced.
+DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "TTLinear")
 # Optimizers whose update of a weight is zero when its gradient and its state are zero (weight decay included:
 # it scales the weight, which is zero). With masked gradients and zeroed state, pruned weights of these stay zero
 # without masking the weights again after every step; any other optimizer gets that extra pass.
@@ -34,7 +34,7 @@ ZERO_PRESERVING_OPTIMIZERS = (
 )
 
 
-class GradualMagnitudePruning(Callback):
+class GradualMagnitudePruning(CompressionTechnique):
     """Prune the smallest-magnitude weights gradually while training, then keep the masks fixed and retrain.
 
     Every ``update_every`` optimizer steps between ``start`` and ``end`` the target sparsity follows the
@@ -44,10 +44,16 @@ class GradualMagnitudePruning(Callback):
     so the step leaves them at zero; with an optimizer outside :data:`ZERO_PRESERVING_OPTIMIZERS` the weights are
     also masked again after every step. After ``end`` the masks stay fixed: the retraining phase.
 
+    Works on any LightningModule (the compression contract is optional: without it the whole module is the
+    network). When another technique of the run changes the network's structure, the selection follows the
+    layers by name: a TT layer's cores or a low-rank layer's factors replace the weight they were made from, and
+    are pruned to the current target at the next step.
+
     Args:
         final_sparsity: fraction of the selected weights that is zero at the end, in [0, 1).
         initial_sparsity: sparsity at ``start`` (Zhu & Gupta's ``s_i``), in [0, final_sparsity].
-        start: when pruning starts: an epoch (int) or a fraction of the whole run (float in [0, 1]).
+        start: when pruning starts: an epoch (int), a fraction of the whole run (float in [0, 1]) or an
+            optimizer step (``"step:N"``).
         end: when the final sparsity is reached, same units; not before ``start``.
         update_every: optimizer steps between mask updates (>= 1).
         schedule: ``cubic``, ``linear`` or ``one_shot``.
@@ -65,16 +71,21 @@ class GradualMagnitudePruning(Callback):
 
     Example:
         >>> pruning = GradualMagnitudePruning(final_sparsity=0.9, start=0, end=0.5, update_every=50)
+        >>> pruning.end, GradualMagnitudePruning().end  # the defaults are conf/compression/gmp.yaml's
+        (0.5, 0.6)
         >>> trainer = L.Trainer(callbacks=[pruning])  # doctest: +SKIP
     """
+
+    technique = "GradualMagnitudePruning"
+    when_arguments = ("start", "end")
 
     def __init__(
         self,
         final_sparsity: float = 0.9,
         initial_sparsity: float = 0.0,
-        start: int | float = 0,
-        end: int | float = 0.5,
-        update_every: int = 100,
+        start: int | float | str = 0,
+        end: int | float | str = 0.6,
+        update_every: int = 25,
         schedule: str = "cubic",
         scope: str = "global",
         include: Sequence[str] = ("*",),
@@ -126,7 +137,8 @@ class GradualMagnitudePruning(Callback):
         self.log_layers = log_layers
 
         # Resolved against the network and the trainer in setup / on_train_start.
-        self.names: list[str] = []
+        self.selected_at_start: list[str] = []  # the selection on the network as configured
+        self.names: list[str] = []  # the selection on the network as it is now (followed through swaps)
         self.alone_finals: dict[str, float] = {}
         self.start_step = 0
         self.end_step = 0
@@ -136,7 +148,9 @@ class GradualMagnitudePruning(Callback):
         self.target = 0.0
         self._params: list[nn.Parameter] = []
         self._float_masks: list[torch.Tensor] = []
+        self._masked: list[nn.Parameter] = []  # the tensors _float_masks apply to
         self._mask_after_step = True
+        self._stale = False
 
     @property
     def state_key(self) -> str:
@@ -144,6 +158,7 @@ class GradualMagnitudePruning(Callback):
 
     # --- selection -------------------------------------------------------------------------------------------
 
+    @override
     def check_model(self, net: nn.Module) -> None:
         """Resolve the selection on ``net``; raise ``ValueError`` naming the argument when a pattern matches
         nothing. The run calls this before training starts."""
@@ -159,6 +174,17 @@ class GradualMagnitudePruning(Callback):
         names = select_parameters(net, self.include, self.exclude, self.module_types)
         if not names:
             raise ValueError(f"include {self.include} minus exclude {self.exclude} leaves nothing to prune")
+        self.selected_at_start = names
+        self._select(net)
+
+    def _select(self, net: nn.Module) -> None:
+        """The selection on ``net`` as it is now: what the patterns match, plus what replaced a selected weight
+        (a function of the selection at the start and the network now, so a resumed run selects the same)."""
+        chosen = set(select_parameters(net, self.include, self.exclude, self.module_types))
+        present = dict(net.named_parameters())
+        candidates = select_parameters(net, ["*"], self.exclude, self.module_types)
+        chosen.update(followers(candidates, self.selected_at_start, present, lambda n: n.rpartition(".")[0]))
+        names = [n for n in candidates if n in chosen]
         alone: dict[str, float] = {}  # layers pruned on their own, to their own final sparsity
         if self.first_layer_sparsity is not None:
             alone[names[0]] = self.first_layer_sparsity
@@ -171,9 +197,6 @@ class GradualMagnitudePruning(Callback):
 
     # --- schedule --------------------------------------------------------------------------------------------
 
-    def _to_step(self, when: int | float, steps_per_epoch: int, total_steps: int) -> int:
-        return int(round(when * total_steps)) if isinstance(when, float) else int(when) * steps_per_epoch
-
     def target_at(self, step: int, final: float | None = None) -> float:
         """The scheduled sparsity at optimizer step ``step`` (for a layer whose final sparsity is ``final``)."""
         final = self.final_sparsity if final is None else final
@@ -181,6 +204,8 @@ class GradualMagnitudePruning(Callback):
         return SPARSITY_SCHEDULES[self.schedule](step, initial, final, self.start_step, self.end_step)
 
     def is_update_step(self, step: int) -> bool:
+        if self._stale and step >= self.start_step:  # the network changed under the masks: prune the new tensors
+            return True
         if step < self.start_step or step == self.last_update_step:
             return False
         if step >= self.end_step:  # one last update lands exactly on the final sparsity
@@ -193,36 +218,50 @@ class GradualMagnitudePruning(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not self.names:  # the run resolved the selection on the network as configured, before any transform
-            self.check_model(_target_net(pl_module))
-        max_epochs = trainer.max_epochs
-        for name in ("start", "end"):
-            when = getattr(self, name)
-            if isinstance(when, int) and max_epochs not in (None, -1) and when > max_epochs:
-                raise ValueError(f"{name}={when} epochs is after the end of training (trainer.max_epochs={max_epochs})")
+        if not self.selected_at_start:  # the run resolved the selection on the network as configured
+            self.check_model(self.net_of(pl_module))
+        super().setup(trainer, pl_module, stage)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        total = int(trainer.estimated_stepping_batches)
-        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
-        self.start_step = self._to_step(self.start, steps_per_epoch, total)
-        self.end_step = self._to_step(self.end, steps_per_epoch, total)
+        super().on_train_start(trainer, pl_module)
+        self.start_step, self.end_step = self.step_at("start"), self.step_at("end")
+        total = self.total_steps
         if self.end_step < self.start_step:
             raise ValueError(f"end ({self.end}) resolves to step {self.end_step}, before start ({self.start}) at "
                              f"step {self.start_step}")
-        params = dict(_target_net(pl_module).named_parameters())
-        self._params = [params[n] for n in self.names]
+        self._select(self.net_of(pl_module))  # a resumed network may have been swapped since the start
+        self._bind(pl_module)
         self._mask_after_step = not all(type(o) in ZERO_PRESERVING_OPTIMIZERS for o in trainer.optimizers)
         if self.masks:  # resumed: masks came with the checkpoint
-            if list(self.masks) != self.names:
+            if not set(self.masks) <= set(self.names):
                 raise ValueError(f"the checkpoint's pruning masks cover {list(self.masks)}, but this configuration "
                                  f"selects {self.names}; resume with the configuration that wrote the checkpoint")
+            self._stale = list(self.masks) != self.names and self.last_update_step >= 0
             self._cache_masks(pl_module.device)
             self._apply_to_weights()
         rank_zero_info(
             f"GradualMagnitudePruning: {len(self.names)} tensors, {self.schedule} schedule to "
             f"{self.final_sparsity:.1%} from step {self.start_step} to {self.end_step} of {total}"
         )
+
+    def _bind(self, pl_module: L.LightningModule) -> None:
+        params = dict(self.net_of(pl_module).named_parameters())
+        self._params = [params[n] for n in self.names]
+
+    @override
+    def on_structure_change(self, trainer: L.Trainer, pl_module: L.LightningModule, entry: Any) -> None:
+        if not self.selected_at_start:
+            return
+        self._select(self.net_of(pl_module))
+        if not self._steps:  # changed in setup, before training: on_train_start binds the tensors
+            return
+        self._bind(pl_module)
+        shapes = {n: tuple(p.shape) for n, p in zip(self.names, self._params, strict=True)}
+        kept = {n: m for n, m in self.masks.items() if shapes.get(n) == tuple(m.shape)}
+        self._stale = bool(self.masks) and list(kept) != self.names
+        self.masks = kept
+        self._cache_masks(pl_module.device)
 
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -236,13 +275,14 @@ class GradualMagnitudePruning(Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         if not self._float_masks:
             return
-        pairs = [(p.grad, m) for p, m in zip(self._params, self._float_masks, strict=True) if p.grad is not None]
+        pairs = [(p.grad, m) for p, m in zip(self._masked, self._float_masks, strict=True) if p.grad is not None]
         if pairs:
             apply_masks_([g for g, _ in pairs], [m for _, m in pairs])
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._mask_after_step:
             self._apply_to_weights()
 
@@ -260,24 +300,26 @@ class GradualMagnitudePruning(Callback):
         masks = trainer.strategy.broadcast(masks, src=0)  # identical on every rank, whatever the arithmetic
         self.masks = {n: m.to(self._params[i].device) for i, (n, m) in enumerate(masks.items())}
         self.last_update_step = step
+        self._stale = False
         self._cache_masks(pl_module.device)
         self._apply_to_weights()
         self._zero_optimizer_state(trainer)
         self._log(pl_module)
 
     def _cache_masks(self, device: torch.device) -> None:
-        self._float_masks = [self.masks[n].to(device=p.device, dtype=p.dtype) for n, p in zip(self.names,
-                                                                                               self._params,
-                                                                                               strict=True)]
+        # Tensors swapped in since the last update have no mask yet (until the next update prunes them).
+        pairs = [(p, self.masks[n]) for n, p in zip(self.names, self._params, strict=True) if n in self.masks]
+        self._masked = [p for p, _ in pairs]
+        self._float_masks = [m.to(device=p.device, dtype=p.dtype) for p, m in pairs]
 
     def _apply_to_weights(self) -> None:
         if self._float_masks:
             with torch.no_grad():
-                apply_masks_([p.data for p in self._params], self._float_masks)
+                apply_masks_([p.data for p in self._masked], self._float_masks)
 
     def _zero_optimizer_state(self, trainer: L.Trainer) -> None:
         """Momentum buffers and Adam moments of pruned weights go to zero, so nothing pushes them back."""
-        masks = {id(p): m for p, m in zip(self._params, self._float_masks, strict=True)}
+        masks = {id(p): m for p, m in zip(self._masked, self._float_masks, strict=True)}
         for optimizer in trainer.optimizers:
             for param, state in optimizer.state.items():
                 mask = masks.get(id(param))
@@ -288,7 +330,7 @@ class GradualMagnitudePruning(Callback):
                         value.mul_(mask)
 
     def _log(self, pl_module: L.LightningModule) -> None:
-        fields = measured_sparsity(_target_net(pl_module))
+        fields = measured_sparsity(self.net_of(pl_module))
         metrics = {"sparsity/target": self.target, "sparsity/global": fields["sparsity/global"],
                    "sparsity/pruned": self.pruned_fraction()}
         if self.log_layers:
@@ -303,11 +345,13 @@ class GradualMagnitudePruning(Callback):
 
     # --- report, export, checkpoint --------------------------------------------------------------------------
 
+    @override
     def report_fields(self, net: nn.Module) -> dict[str, float | int | str]:
         """Adds the schedule's last target and the selected weights' measured sparsity to the report."""
         return {"gmp/target_sparsity": self.target, "gmp/pruned_sparsity": self.pruned_fraction(),
                 "gmp/tensors": len(self.names)}
 
+    @override
     def export_codecs(self, net: nn.Module) -> dict[str, str]:
         """Pruned tensors are stored as bitmask + non-zero values."""
         return {n: "bitmask" for n in self.names}

@@ -14,29 +14,33 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_patterns, check_when, select_layers, target_net
-from lightning_micro.callbacks.structure import transform_during_fit
+from lightning_micro.callbacks.arguments import check_patterns, check_when, select_layers
+from lightning_micro.callbacks.structure import change_structure
+from lightning_micro.callbacks.technique import CompressionTechnique
+from lightning_micro.core.schedules import is_run_start
 
 
-class LayerSwap(Callback):
+class LayerSwap(CompressionTechnique):
     """Replace the selected layers at ``swap_at`` and train on; subclasses say by what.
 
     Args:
-        swap_at: epoch (int) or fraction of the run (float); 0 swaps before the first step.
+        swap_at: epoch (int), fraction of the run (float) or optimizer step (``"step:N"``); 0 swaps before the
+            first step.
         include: layer (module) name patterns, glob or ``re:``.
         exclude: name patterns of layers left alone.
         module_types: class names of the layers that may be swapped.
     """
 
     transform: str = ""  # the registered transform that swaps the layers
-    technique: str = ""  # the name in messages and report fields
+    when_arguments = ("swap_at",)
+    changes_structure = True
+    int8_traceable = True  # whether torch.ao's int8 graph mode can quantize the layers swapped in
 
-    def __init__(self, swap_at: int | float, include: Sequence[str], exclude: Sequence[str],
+    def __init__(self, swap_at: int | float | str, include: Sequence[str], exclude: Sequence[str],
                  module_types: Sequence[str], allowed_types: Sequence[str]) -> None:
         super().__init__()
         self.swap_at = check_when("swap_at", swap_at)
@@ -47,7 +51,6 @@ class LayerSwap(Callback):
             raise ValueError(f"module_types must be a non-empty list of {list(allowed_types)}, got {module_types!r}")
         self.module_types = types
         self.layers: list[str] = []  # resolved by check_model
-        self._swap_epoch: int | None = None
 
     def takes(self, layer: nn.Module) -> bool:
         """Whether a layer of one of ``module_types`` can be swapped at all (a wildcard skips the others)."""
@@ -60,6 +63,7 @@ class LayerSwap(Callback):
 
     # --- selection -----------------------------------------------------------------------------------------
 
+    @override
     def check_model(self, net: nn.Module) -> None:
         """Resolve the layers to swap and check that every one of them can be swapped as configured."""
         self.layers = select_layers(net, self.include, self.exclude, self.module_types, self.technique, self.takes)
@@ -75,42 +79,54 @@ class LayerSwap(Callback):
                    and [spec["name"] for spec in entry["args"]["layers"]] == self.layers
                    for entry in pl_module.transforms)
 
+    @override
+    def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                          techniques: list[CompressionTechnique]) -> None:
+        # Two swaps of one layer: the second would find the first one's replacement, not the layer it selected.
+        for other in techniques:
+            if other is self or not isinstance(other, LayerSwap):
+                continue
+            if not other.layers:
+                other.check_model(self.net_of(pl_module))
+            shared = [a for a in self.layers for b in other.layers
+                      if a == b or a.startswith(b + ".") or b.startswith(a + ".")]
+            if shared:
+                raise ValueError(f"{self.technique} and {other.technique} both select {shared}: a layer is swapped "
+                                 f"once; give them disjoint include/exclude patterns")
+
     # --- hooks -----------------------------------------------------------------------------------------------
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not hasattr(pl_module, "apply_transform"):
-            raise ValueError(f"{type(self).__name__} needs a LightningModule with apply_transform(...), e.g. "
-                             "lightning_micro.models.ClassifierModule")
-        # Not combined yet, so refused rather than silently wrong: pruning keeps references to the weights it
-        # selected (a swap replaces them), and QAT selects and traces the layers as they were before the swap.
-        others = [type(c).__name__ for c in trainer.callbacks
-                  if type(c).__name__ in ("GradualMagnitudePruning", "QuantizationAwareTraining")]
-        if others:
-            raise ValueError(f"{type(self).__name__} does not combine with {', '.join(others)} in one run yet "
-                             f"(they select layers before the swap replaces them); use one of them per run")
-        max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-        if isinstance(self.swap_at, float):
-            if max_epochs is None:
-                raise ValueError(f"swap_at={self.swap_at} is a fraction of the run, but trainer.max_epochs is not set")
-            self._swap_epoch = int(round(self.swap_at * max_epochs))
-        else:
-            self._swap_epoch = self.swap_at
-        if max_epochs is not None and self._swap_epoch >= max_epochs:
-            raise ValueError(f"swap_at={self.swap_at} is at or after the end of training (trainer.max_epochs="
-                             f"{max_epochs}): the swapped layers would never be trained")
         if not self.layers:
-            self.check_model(target_net(pl_module))
-        if self._swap_epoch == 0 and not self.swapped(pl_module):
-            pl_module.apply_transform(self.transform, layers=self._specs(target_net(pl_module)))
-        rank_zero_info(f"{type(self).__name__}: {len(self.layers)} layers ({', '.join(self.layers)}) swapped at "
-                       f"epoch {self._swap_epoch}")
+            self.check_model(self.net_of(pl_module))
+        super().setup(trainer, pl_module, stage)
+        max_epochs = self._max_epochs
+        if max_epochs is not None and not isinstance(self.swap_at, str):
+            epoch = int(round(self.swap_at * max_epochs)) if isinstance(self.swap_at, float) else self.swap_at
+            if epoch >= max_epochs:
+                raise ValueError(f"swap_at={self.swap_at} is at or after the end of training (trainer.max_epochs="
+                                 f"{max_epochs}): the swapped layers would never be trained")
+        if is_run_start(self.swap_at) and not self.swapped(pl_module):
+            change_structure(trainer, pl_module, self.transform, during_fit=False,
+                             layers=self._specs(self.net_of(pl_module)))
+        rank_zero_info(f"{self.technique}: {len(self.layers)} layers ({', '.join(self.layers)}) swapped at "
+                       f"{self.swap_at!r}")
 
     @override
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch >= self._swap_epoch and not self.swapped(pl_module):
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.step_at("swap_at") >= self.total_steps and not self.swapped(pl_module):
+            raise ValueError(f"swap_at={self.swap_at} is step {self.step_at('swap_at')}, at or after the end of "
+                             f"training ({self.total_steps} steps): the swapped layers would never be trained")
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+                             ) -> None:
+        if trainer.global_step >= self.step_at("swap_at") and not self.swapped(pl_module):
             # Initialized from the weights trained so far; optimizer and DDP wrapper rebuilt for the new ones.
-            transform_during_fit(trainer, pl_module, self.transform, layers=self._specs(target_net(pl_module)))
-            rank_zero_info(f"{type(self).__name__}: swapped {', '.join(self.layers)} at epoch {trainer.current_epoch}")
+            change_structure(trainer, pl_module, self.transform, during_fit=True,
+                             layers=self._specs(self.net_of(pl_module)))
+            rank_zero_info(f"{self.technique}: swapped {', '.join(self.layers)} at step {trainer.global_step}")

@@ -18,6 +18,7 @@ from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
 
 CONV_METHODS = ("tucker2", "cp")
 LOW_RANK_TYPES = (LowRankLinear, TuckerConv2d, CPConv2d)
+DEFAULT_COMPRESSION_RATIO = 4  # when neither rank nor compression_ratio is given (conf/compression/lowrank.yaml)
 
 
 class LowRankDecomposition(LayerSwap):
@@ -30,10 +31,11 @@ class LowRankDecomposition(LayerSwap):
     many times smaller than the layer's weight; Tucker-2 keeps ``r_out / r_in`` near ``out / in``).
 
     Args:
-        swap_at: epoch (int) or fraction of the run (float); 0 swaps before the first step.
+        swap_at: epoch (int), fraction of the run (float) or step (``"step:N"``); 0 swaps before the first step.
         conv_method: ``tucker2`` or ``cp``.
         rank: the rank (see above); exclusive with ``compression_ratio``.
-        compression_ratio: instead of ``rank``: factors at least this many times smaller than the weight.
+        compression_ratio: instead of ``rank``: factors at least this many times smaller than the weight (4 when
+            neither is given).
         include: layer name patterns (glob or ``re:``).
         exclude: layer name patterns left alone.
         module_types: ``Linear`` and/or ``Conv2d``.
@@ -63,8 +65,10 @@ class LowRankDecomposition(LayerSwap):
         super().__init__(swap_at, include, exclude, module_types, allowed_types=["Linear", "Conv2d"])
         if conv_method not in CONV_METHODS:
             raise ValueError(f"conv_method must be one of {list(CONV_METHODS)}, got {conv_method!r}")
-        if (rank is None) == (compression_ratio is None):
+        if rank is not None and compression_ratio is not None:
             raise ValueError("give exactly one of rank and compression_ratio")
+        if rank is None and compression_ratio is None:
+            compression_ratio = DEFAULT_COMPRESSION_RATIO
         if rank is not None:
             listed = list(rank) if isinstance(rank, Sequence) else [rank]
             if len(listed) not in (1, 2) or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0

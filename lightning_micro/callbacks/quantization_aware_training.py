@@ -2,7 +2,8 @@
 
 The Lightning glue only: int8 goes through :mod:`lightning_micro.core.int8_backend` (torch.ao FX, x86 kernels),
 1/2/4-bit weights through :mod:`lightning_micro.core.quantizers`; both change the network with the recorded
-transforms of :mod:`lightning_micro.core.transforms`, so checkpoints and the artifact rebuild it.
+transforms of :mod:`lightning_micro.core.transforms`, so checkpoints and the artifact rebuild it. What differs
+between the two modes lives in two small schemes, :class:`Int8Scheme` and :class:`LowBitWeightScheme`.
 """
 
 from __future__ import annotations
@@ -12,24 +13,130 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_patterns, check_when, select_layers, target_net
-from lightning_micro.callbacks.structure import transform_during_fit
+from lightning_micro.callbacks.arguments import check_patterns, check_when, followers, select_layers
+from lightning_micro.callbacks.structure import change_structure
+from lightning_micro.callbacks.technique import CompressionTechnique
+from lightning_micro.contract import example_input
 from lightning_micro.core import int8_backend, transforms
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WEIGHT_BITS, WeightQuantSpec
-from lightning_micro.core.selection import is_of_type
+from lightning_micro.core.schedules import is_run_start
+from lightning_micro.core.selection import is_of_type, name_matches
 
 ACTIVATION_BITS = (8, 32)
-LOW_BIT_MODULE_TYPES = tuple(sorted(t.__name__ for t in FAKE_QUANT_TYPES))
-PREPARE = {"int8": "int8_qat_prepare", "weights": "weight_fake_quant"}
-CONVERT = {"int8": "int8_convert", "weights": "weight_low_bit"}
 
 
-class QuantizationAwareTraining(Callback):
+class Int8Scheme:
+    """Weights and activations in int8 (torch.ao FX graph mode): the network is traced, fused and converted to
+    integer kernels; the quantization ranges are observed while training."""
+
+    name = "int8"
+    prepare = "int8_qat_prepare"
+    convert = "int8_convert"
+    module_types = int8_backend.INT8_MODULE_TYPES
+
+    def prepare_args(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> dict[str, Any]:
+        shape = list(example_input(pl_module, "QuantizationAwareTraining (int8)").shape[1:])
+        return {"input_shape": shape, "per_channel": qat.per_channel, "symmetric": qat.symmetric,
+                "skip": qat.skipped, "backend": qat.backend}
+
+    def convert_args(self, qat: QuantizationAwareTraining) -> dict[str, Any]:
+        return {}
+
+    def set_phase(self, net: nn.Module, quantizing: bool, observing: bool, frozen_bn: bool) -> None:
+        int8_backend.set_fake_quant(net, quantizing)
+        int8_backend.set_observers(net, observing)
+        int8_backend.freeze_bn_stats(net, frozen_bn)
+
+    def stop_observing(self, net: nn.Module) -> None:
+        int8_backend.set_observers(net, False)
+
+    def check_composition(self, qat: QuantizationAwareTraining, trainer: L.Trainer, pl_module: L.LightningModule,
+                          techniques: list[CompressionTechnique]) -> None:
+        from lightning_micro.callbacks.layer_swap import LayerSwap
+
+        if not getattr(pl_module, "compressed_net_name", ""):
+            raise ValueError(f"int8 quantization traces the network and replaces it by an integer graph, which "
+                             f"cannot replace the LightningModule {type(pl_module).__name__} itself: set "
+                             "compressed_net_name to the attribute that holds the network (e.g. 'net')")
+        start = qat.fraction_at("start", trainer)
+        for other in techniques:
+            if not isinstance(other, LayerSwap):
+                continue
+            if not other.int8_traceable:
+                raise ValueError(f"int8 QAT cannot take {other.technique}'s layers: torch.ao's graph mode cannot "
+                                 f"express their contraction. Quantize them with low-bit weights instead "
+                                 f"(weight_bits: 4 or 8, activation_bits: 32), which trains and stores them as "
+                                 f"integer codes")
+            swap = other.fraction_at("swap_at", trainer)
+            if swap > start or (swap == start and techniques.index(other) > techniques.index(qat)):
+                raise ValueError(f"int8 QAT traces the network at start={qat.start!r}, before {other.technique} "
+                                 f"swaps layers at swap_at={other.swap_at!r}: a traced int8 graph cannot take new "
+                                 f"layers. Swap first: list {other.technique} before QAT in compression=[...] with "
+                                 "swap_at <= start")
+
+    def quantize_new_layers(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> None:
+        raise ValueError("the network changed after int8 QAT traced it; a traced graph cannot take new layers")
+
+    def report_fields(self, qat: QuantizationAwareTraining) -> dict[str, Any]:
+        return {"quant/kernels": f"int8 torch.ao {qat.backend}"}
+
+    def export_codecs(self, net: nn.Module) -> dict[str, str]:
+        return {}  # the artifact stores quantized tensors with its qtensor codec
+
+
+class LowBitWeightScheme:
+    """1/2/4/8-bit weights with float activations: the selected layers' weights are fake-quantized with a
+    straight-through gradient and exported as bit-packed integer codes; layers run as float at deployment."""
+
+    name = "weights"
+    prepare = "weight_fake_quant"
+    convert = "weight_low_bit"
+    module_types = tuple(sorted(t.__name__ for t in FAKE_QUANT_TYPES))
+
+    def prepare_args(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> dict[str, Any]:
+        return {"layers": qat.layers, **self._spec(qat)}
+
+    def convert_args(self, qat: QuantizationAwareTraining) -> dict[str, Any]:
+        return {"layers": qat.layers, **self._spec(qat)}
+
+    @staticmethod
+    def _spec(qat: QuantizationAwareTraining) -> dict[str, Any]:
+        return {"bits": qat.weight_bits, "per_channel": qat.per_channel, "symmetric": qat.symmetric}
+
+    def set_phase(self, net: nn.Module, quantizing: bool, observing: bool, frozen_bn: bool) -> None:
+        for module in net.modules():
+            if isinstance(module, tuple(FAKE_QUANT_TYPES.values())):
+                module.enabled = quantizing
+
+    def stop_observing(self, net: nn.Module) -> None:
+        """Scales are read from the weights at every step: nothing to stop."""
+
+    def check_composition(self, qat: QuantizationAwareTraining, trainer: L.Trainer, pl_module: L.LightningModule,
+                          techniques: list[CompressionTechnique]) -> None:
+        """Every technique composes with low-bit weights: swapped-in layers are fake-quantized when they appear."""
+
+    def quantize_new_layers(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> None:
+        """Fake-quantize the selected layers that are not yet (swapped in after the prepare). The new modules
+        share their parameters with the layers they wrap, so the optimizer needs no rebuild."""
+        net = qat.net_of(pl_module)
+        fake = tuple(FAKE_QUANT_TYPES.values())
+        new = [name for name in qat.layers if not isinstance(net.get_submodule(name), fake)]
+        if new:
+            pl_module.apply_transform(self.prepare, layers=new, **self._spec(qat))
+
+    def report_fields(self, qat: QuantizationAwareTraining) -> dict[str, Any]:
+        return {"quant/kernels": "float (weights decoded at load)"}
+
+    def export_codecs(self, net: nn.Module) -> dict[str, str]:
+        """Integer codes (``*_codes`` buffers) stored bit-packed, sparse and entropy-coded when smaller."""
+        return {key: "codes" for key in net.state_dict() if key.endswith("_codes")}
+
+
+class QuantizationAwareTraining(CompressionTechnique):
     """Fake-quantize the network while it trains, then convert it to the integer network that is exported.
 
     Two modes, chosen by the bit widths:
@@ -52,13 +159,19 @@ class QuantizationAwareTraining(Callback):
     record of transforms re-prepares the network before its weights load.
 
     Composes with pruning (``compression=[gmp,qat]``): zero is exactly representable in every scheme, so pruned
-    weights stay zero through fake quantization and conversion, and the integer codes are stored sparse.
+    weights stay zero through fake quantization and conversion, and the integer codes are stored sparse. Layers
+    swapped in by another technique are quantized: before ``start``, the selection follows them by name; after
+    it (low-bit weights), they are fake-quantized when they appear. Int8 cannot take TT layers (torch.ao's graph
+    mode cannot express a TT contraction) nor layers swapped in after it traced the network: both are refused
+    before the first step, naming what works instead.
+
+    The two modes are two small schemes (:class:`Int8Scheme`, :class:`LowBitWeightScheme`) behind this callback.
 
     Args:
         weight_bits: 8, 4, 2 or 1.
         activation_bits: 8 (integer kernels, needs ``weight_bits=8``) or 32 (float).
-        start: epoch (int) or fraction of the run (float) from which fake quantization is on.
-        freeze_observers: when the int8 observers stop updating the ranges (``None``: at the end).
+        start: epoch (int), fraction of the run (float) or step (``"step:N"``) from which fake quantization is on.
+        freeze_observers: when the int8 observers stop updating the ranges (``None``: at the end), same units.
         freeze_bn: when fused BatchNorms freeze their running statistics (``None``: never).
         per_channel: one scale per output channel (``True``) or per tensor.
         symmetric: symmetric weight grid (zero point 0) or affine.
@@ -75,13 +188,17 @@ class QuantizationAwareTraining(Callback):
         >>> trainer = L.Trainer(callbacks=[qat])  # doctest: +SKIP
     """
 
+    technique = "QuantizationAwareTraining"
+    when_arguments = ("start", "freeze_observers", "freeze_bn")
+    changes_structure = True
+
     def __init__(
         self,
         weight_bits: int = 8,
         activation_bits: int = 8,
-        start: int | float = 0.5,
-        freeze_observers: int | float | None = None,
-        freeze_bn: int | float | None = None,
+        start: int | float | str = 0.5,
+        freeze_observers: int | float | str | None = None,
+        freeze_bn: int | float | str | None = None,
         per_channel: bool = True,
         symmetric: bool = True,
         include: Sequence[str] = ("*",),
@@ -98,7 +215,7 @@ class QuantizationAwareTraining(Callback):
             raise ValueError(f"activation_bits=8 needs weight_bits=8 (the CPU's integer kernels are int8); "
                              f"for {weight_bits}-bit weights use activation_bits=32")
         self.weight_bits, self.activation_bits = weight_bits, activation_bits
-        self.mode = "int8" if activation_bits == 8 else "weights"
+        self.scheme: Int8Scheme | LowBitWeightScheme = Int8Scheme() if activation_bits == 8 else LowBitWeightScheme()
         for name, value in (("per_channel", per_channel), ("symmetric", symmetric)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be true or false, got {value!r}")
@@ -112,13 +229,19 @@ class QuantizationAwareTraining(Callback):
             raise ValueError(f"backend must be one of {list(int8_backend.BACKENDS)}, got {backend!r}")
         self.backend = backend
         self.include, self.exclude = check_patterns(include, exclude)
-        self.layers: list[str] = []  # resolved by check_model
-        self.skipped: list[str] = []
-        self._epochs: dict[str, int | None] = {}
+        self.selected_at_start: list[str] = []  # resolved by check_model, on the network as configured
+        self.layers: list[str] = []  # the selection on the network as it is now
+        self.skipped: list[str] = []  # quantizable layers not selected (int8 keeps them in float)
+        self._phase: tuple[bool, bool, bool] | None = None
+
+    @property
+    def mode(self) -> str:
+        """``int8`` or ``weights`` (low-bit weights, float activations)."""
+        return self.scheme.name
 
     @property
     def module_types(self) -> tuple[str, ...]:
-        return int8_backend.INT8_MODULE_TYPES if self.mode == "int8" else LOW_BIT_MODULE_TYPES
+        return self.scheme.module_types
 
     @property
     def state_key(self) -> str:
@@ -126,122 +249,128 @@ class QuantizationAwareTraining(Callback):
 
     # --- selection -------------------------------------------------------------------------------------------
 
+    @override
     def check_model(self, net: nn.Module) -> None:
         """Resolve which layers are quantized; raise ``ValueError`` naming the argument when a pattern matches
         no layer, or only layers of a type this mode cannot quantize."""
-        self.layers = select_layers(net, self.include, self.exclude, self.module_types,
-                                    f"the {self.mode} mode of QAT")
+        self.selected_at_start = select_layers(net, self.include, self.exclude, self.module_types,
+                                               f"the {self.mode} mode of QAT")
+        self._select(net)
+
+    def _select(self, net: nn.Module) -> None:
+        """The selection on ``net`` as it is now: what the patterns match, plus the layers that replaced a
+        selected one (a low-rank layer's factors stand where the selected Linear stood)."""
         quantizable = [n for n, m in net.named_modules() if n and is_of_type(m, self.module_types)]
-        self.skipped = [n for n in quantizable if n not in self.layers]
+        chosen = {n for n in quantizable if any(name_matches(n, p) for p in self.include)
+                  and not any(name_matches(n, p) for p in self.exclude)}
+        chosen.update(n for n in followers(quantizable, self.selected_at_start, set(quantizable))
+                      if not any(name_matches(n, p) for p in self.exclude))
+        self.layers = [n for n in quantizable if n in chosen]
+        self.skipped = [n for n in quantizable if n not in chosen]
 
     # --- hooks -----------------------------------------------------------------------------------------------
+
+    @override
+    def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                          techniques: list[CompressionTechnique]) -> None:
+        others = [t for t in techniques if isinstance(t, QuantizationAwareTraining) and t is not self]
+        if others:
+            raise ValueError("one QuantizationAwareTraining per run: a network is quantized once; choose int8 "
+                             "(weight_bits: 8, activation_bits: 8) or low-bit weights (activation_bits: 32)")
+        self.scheme.check_composition(self, trainer, pl_module, techniques)
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not hasattr(pl_module, "apply_transform"):
-            raise ValueError("QuantizationAwareTraining needs a LightningModule with apply_transform(...), "
-                             "e.g. lightning_micro.models.ClassifierModule")
-        max_epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-        self._epochs = {name: self._to_epoch(name, getattr(self, name), max_epochs)
-                        for name in ("start", "freeze_observers", "freeze_bn")}
-        if max_epochs is not None and self._epochs["start"] >= max_epochs:
-            raise ValueError(f"start={self.start} is at or after the end of training "
-                             f"(trainer.max_epochs={max_epochs}): no epoch would train quantized")
-        if not self.layers:
-            self.check_model(target_net(pl_module))
-        if self._epochs["start"] == 0 and not self._prepared(pl_module):
-            name, args = self._prepare_args(pl_module)
-            pl_module.apply_transform(name, **args)
+        if not self.selected_at_start:
+            self.check_model(self.net_of(pl_module))
+        super().setup(trainer, pl_module, stage)
+        max_epochs = self._max_epochs
+        if max_epochs is not None and not isinstance(self.start, str):
+            epoch = int(round(self.start * max_epochs)) if isinstance(self.start, float) else self.start
+            if epoch >= max_epochs:
+                raise ValueError(f"start={self.start} is at or after the end of training "
+                                 f"(trainer.max_epochs={max_epochs}): no epoch would train quantized")
+        if is_run_start(self.start) and not self._prepared(pl_module):
+            self._select(self.net_of(pl_module))
+            change_structure(trainer, pl_module, self.scheme.prepare, during_fit=False,
+                             **self.scheme.prepare_args(self, pl_module))
             # Nothing is observed or quantized before the first training step: a model summary's forward of an
             # all-zero example would otherwise set every range to [0, 0], which the moving averages then need
             # hundreds of steps to leave, saturating every activation meanwhile.
-            self._set_phase(target_net(pl_module), epoch=-1, observing=False)
+            self.scheme.set_phase(self.net_of(pl_module), quantizing=False, observing=False, frozen_bn=False)
         elif not self._prepared(pl_module):
             # Prepared later, mid-fit: try it now on a copy, so a network the backend cannot take (one torch.fx
             # cannot trace, say) fails before the first training step rather than at `start`.
-            name, args = self._prepare_args(pl_module)
-            transforms.TRANSFORMS[name](copy.deepcopy(target_net(pl_module)), **args)
+            args = self.scheme.prepare_args(self, pl_module)
+            transforms.TRANSFORMS[self.scheme.prepare](copy.deepcopy(self.net_of(pl_module)), **args)
         rank_zero_info(f"QuantizationAwareTraining: {self.weight_bits}-bit weights, "
-                       f"{self.activation_bits}-bit activations, {len(self.layers)} layers, from epoch "
-                       f"{self._epochs['start']}")
-
-    def _prepare_args(self, pl_module: L.LightningModule) -> tuple[str, dict[str, Any]]:
-        if self.mode == "int8":
-            return PREPARE["int8"], {"input_shape": list(pl_module.input_shape), "per_channel": self.per_channel,
-                                     "symmetric": self.symmetric, "skip": self.skipped, "backend": self.backend}
-        return PREPARE["weights"], {"layers": self.layers, "bits": self.weight_bits, "per_channel": self.per_channel,
-                                    "symmetric": self.symmetric}
+                       f"{self.activation_bits}-bit activations, {len(self.layers)} layers, from {self.start!r}")
 
     def _prepared(self, pl_module: L.LightningModule) -> bool:
-        return any(entry["transform"] == PREPARE[self.mode] for entry in pl_module.transforms)
-
-    @staticmethod
-    def _to_epoch(name: str, when: int | float | None, max_epochs: int | None) -> int | None:
-        if when is None:
-            return None
-        if isinstance(when, float):
-            if max_epochs is None:
-                raise ValueError(f"{name}={when} is a fraction of the run, but trainer.max_epochs is not set")
-            return int(round(when * max_epochs))
-        if max_epochs is not None and when > max_epochs:
-            raise ValueError(f"{name}={when} epochs is after the end of training (trainer.max_epochs={max_epochs})")
-        return when
-
-    def _set_phase(self, net: nn.Module, epoch: int, observing: bool = True) -> None:
-        """Fake quantization, observers and BatchNorm statistics as the schedule says for ``epoch``."""
-        quantizing = epoch >= 0 and epoch >= self._epochs["start"]
-        frozen_observers = self._epochs["freeze_observers"] is not None and epoch >= self._epochs["freeze_observers"]
-        frozen_bn = self._epochs["freeze_bn"] is not None and epoch >= self._epochs["freeze_bn"]
-        if self.mode == "int8":
-            int8_backend.set_fake_quant(net, quantizing)
-            int8_backend.set_observers(net, observing and not frozen_observers)
-            int8_backend.freeze_bn_stats(net, frozen_bn)
-        else:
-            for module in net.modules():
-                if isinstance(module, tuple(FAKE_QUANT_TYPES.values())):
-                    module.enabled = quantizing
+        return any(entry["transform"] == self.scheme.prepare for entry in pl_module.transforms)
 
     def _converted(self, pl_module: L.LightningModule) -> bool:
-        return any(entry["transform"] == CONVERT[self.mode] for entry in pl_module.transforms)
+        return any(entry["transform"] == self.scheme.convert for entry in pl_module.transforms)
+
+    def _phase_at(self, step: int) -> tuple[bool, bool, bool]:
+        """(quantizing, observing, BatchNorm frozen) at optimizer step ``step``: a function of the step only, so
+        a resumed run continues exactly."""
+        def reached(name: str) -> bool:
+            return name in self._steps and step >= self._steps[name]
+        return reached("start"), not reached("freeze_observers"), reached("freeze_bn")
+
+    def _apply_phase(self, pl_module: L.LightningModule, phase: tuple[bool, bool, bool]) -> None:
+        if phase != self._phase:
+            self.scheme.set_phase(self.net_of(pl_module), *phase)
+            self._phase = phase
 
     @override
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        if epoch >= self._epochs["start"] and not self._prepared(pl_module):
-            # Fine-tuning a float-trained network: prepare it now (modules replaced, optimizer rebuilt).
-            name, args = self._prepare_args(pl_module)
-            transform_during_fit(trainer, pl_module, name, **args)
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._phase = None
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+                             ) -> None:
+        step = trainer.global_step
+        if step >= self.step_at("start") and not self._prepared(pl_module):
+            # Fine-tuning a float-trained network: prepare it now (modules replaced, optimizer rebuilt); layers
+            # swapped in since the start are selected by following the layers they replaced.
+            self._select(self.net_of(pl_module))
+            change_structure(trainer, pl_module, self.scheme.prepare, during_fit=True,
+                             **self.scheme.prepare_args(self, pl_module))
+            self._phase = None
+            rank_zero_info(f"QuantizationAwareTraining: fake quantization on from step {step}")
         if self._prepared(pl_module):
-            self._set_phase(target_net(pl_module), epoch)
-        if epoch == self._epochs["start"]:
-            rank_zero_info(f"QuantizationAwareTraining: fake quantization on from epoch {epoch}")
+            self._apply_phase(pl_module, self._phase_at(step))
+
+    @override
+    def on_structure_change(self, trainer: L.Trainer, pl_module: L.LightningModule, entry: Any) -> None:
+        if entry["transform"] in (self.scheme.prepare, self.scheme.convert) or not self.selected_at_start:
+            return
+        self._select(self.net_of(pl_module))
+        if self._prepared(pl_module) and not self._converted(pl_module):
+            self.scheme.quantize_new_layers(self, pl_module)
+            self._phase = None  # the new layers take the current phase at the next step
 
     def _quantizing_in_fit(self, pl_module: L.LightningModule) -> bool:
-        return bool(self._epochs) and self._prepared(pl_module) and not self._converted(pl_module)
+        return bool(self._steps) and self._prepared(pl_module) and not self._converted(pl_module)
 
     @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Ranges come from training batches only: never from validation, nor from the sanity check that runs
         # before training (and after a resume, which must not move the restored ranges).
-        if not self._quantizing_in_fit(pl_module):
-            return
-        if trainer.sanity_checking:
-            if self.mode == "int8":
-                int8_backend.set_observers(target_net(pl_module), False)  # the next epoch start resets them
-        else:
-            self._set_phase(target_net(pl_module), trainer.current_epoch, observing=False)
+        if self._prepared(pl_module) and not self._converted(pl_module):
+            self.scheme.stop_observing(self.net_of(pl_module))
+            self._phase = None
 
     @override
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._quantizing_in_fit(pl_module) and self.mode == "int8":
-            int8_backend.set_observers(target_net(pl_module), False)
-
-    @override
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._quantizing_in_fit(pl_module) and not trainer.sanity_checking:
-            self._set_phase(target_net(pl_module), trainer.current_epoch)
+        if self._quantizing_in_fit(pl_module):
+            self.scheme.stop_observing(self.net_of(pl_module))
+            self._phase = None
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -250,26 +379,25 @@ class QuantizationAwareTraining(Callback):
         else:  # integer kernels run on the CPU: the run converts at export; trainer.test sees fake quantization
             rank_zero_info("QuantizationAwareTraining: not on the CPU, so the network is converted at export")
 
+    @override
     def finalize(self, pl_module: L.LightningModule) -> None:
         """Convert the trained network to its deployable form (integer kernels, or integer-coded weights)."""
         if self._converted(pl_module) or not self._prepared(pl_module):
             return
         if self.mode == "int8":
-            pl_module.cpu()
-            pl_module.apply_transform(CONVERT["int8"])
-        else:
-            pl_module.apply_transform(CONVERT["weights"], layers=self.layers, bits=self.weight_bits,
-                                      per_channel=self.per_channel, symmetric=self.symmetric)
+            pl_module.cpu()  # the integer kernels are CPU kernels
+        pl_module.apply_transform(self.scheme.convert, **self.scheme.convert_args(self))
 
     # --- report, export --------------------------------------------------------------------------------------
 
+    @override
     def report_fields(self, net: nn.Module) -> dict[str, float | int | str]:
         """Bit widths, the number of quantized layers and the kernels the deployed network runs."""
-        kernels = f"int8 torch.ao {self.backend}" if self.mode == "int8" else "float (weights decoded at load)"
         return {"quant/weight_bits": self.weight_bits, "quant/activation_bits": self.activation_bits,
-                "quant/layers": len(self.layers), "quant/kernels": kernels}
+                "quant/layers": len(self.layers), **self.scheme.report_fields(self)}
 
-    def export_codecs(self, net: nn.Module) -> dict[str, Any]:
+    @override
+    def export_codecs(self, net: nn.Module) -> dict[str, str]:
         """Low-bit codes are stored bit-packed (sparse and entropy-coded when smaller); int8 tensors of the
         integer network are stored the same way by the artifact's ``qtensor`` codec."""
-        return {f"{name}.weight_codes": "codes" for name in self.layers} if self.mode == "weights" else {}
+        return self.scheme.export_codecs(net)

@@ -1,11 +1,14 @@
-"""Changing a network's structure in the middle of a fit: the Lightning side of
-:mod:`lightning_micro.core.transforms`.
+"""Changing a network's structure during a fit: the Lightning side of :mod:`lightning_micro.core.transforms`.
 
-:func:`transform_during_fit` applies a registered transform to the module's network (recorded, so checkpoints
-and the artifact replay it), then rebuilds what was built for the old parameters: the optimizers and their
-schedulers (through ``configure_optimizers``, as Lightning does at the start of fit, so a resumed run builds
-the same ones), and the DDP wrapper. Optimizer state (momentum, Adam moments) and per-group hyper-parameters
-carry over to the parameters that keep their name and shape; schedulers keep their position.
+:func:`change_structure` is the one way a technique changes the network: it applies a registered transform to
+the module's network (recorded, so checkpoints and the artifact replay it), rebuilds what was built for the old
+parameters when the fit is under way (:func:`transform_during_fit`), then tells every technique of the run
+(``on_structure_change``) so that each re-resolves its selection by layer name.
+
+:func:`transform_during_fit` rebuilds the optimizers and their schedulers (through ``configure_optimizers``, as
+Lightning does at the start of fit, so a resumed run builds the same ones) and the DDP wrapper. Optimizer state
+(momentum, Adam moments) and per-group hyper-parameters carry over to the parameters that keep their name and
+shape; schedulers keep their position.
 """
 
 from __future__ import annotations
@@ -17,10 +20,26 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 
-def transform_during_fit(trainer: L.Trainer, pl_module: L.LightningModule, transform: str, **args: Any) -> None:
-    """Apply ``transform`` to ``pl_module.net`` between training steps and rebuild the training state around it.
+def change_structure(trainer: L.Trainer, pl_module: L.LightningModule, transform: str, during_fit: bool,
+                     **args: Any) -> None:
+    """Apply ``transform`` to the module's network (``during_fit``: between training steps, with the training
+    state rebuilt; otherwise in ``setup``, before the optimizer exists) and notify the run's techniques."""
+    from lightning_micro.callbacks.technique import CompressionTechnique
 
-    ``pl_module`` must offer ``apply_transform`` (``lightning_micro.models.ClassifierModule`` does).
+    if during_fit:
+        transform_during_fit(trainer, pl_module, transform, **args)
+    else:
+        pl_module.apply_transform(transform, **args)
+    entry = pl_module.transforms[-1]
+    for callback in trainer.callbacks:
+        if isinstance(callback, CompressionTechnique):
+            callback.on_structure_change(trainer, pl_module, entry)
+
+
+def transform_during_fit(trainer: L.Trainer, pl_module: L.LightningModule, transform: str, **args: Any) -> None:
+    """Apply ``transform`` to the module's network between training steps and rebuild the training state around it.
+
+    ``pl_module`` must adopt the compression contract (:class:`lightning_micro.contract.CompressionMixin`).
     """
     names = {id(p): n for n, p in pl_module.named_parameters()}
     old_state = {}

@@ -15,6 +15,8 @@ from lightning_micro.callbacks.arguments import check_ratio
 from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.core import tensor_train as tt
 
+DEFAULT_RANKS = 8  # when none of ranks, compression_ratio, energy is given (conf/compression/tt.yaml)
+
 
 class TTLayerSwap(LayerSwap):
     """At ``swap_at``, replace the selected ``Linear`` layers by :class:`~lightning_micro.core.tensor_train.TTLinear`
@@ -27,8 +29,8 @@ class TTLayerSwap(LayerSwap):
     singular values of each unfolding, read from the trained weight at the swap).
 
     Args:
-        swap_at: epoch (int) or fraction of the run (float); 0 swaps before the first step.
-        ranks: TT-ranks: an int or a list of ``cores - 1`` ints.
+        swap_at: epoch (int), fraction of the run (float) or step (``"step:N"``); 0 swaps before the first step.
+        ranks: TT-ranks: an int or a list of ``cores - 1`` ints (8 when none of the three is given).
         compression_ratio: instead of ``ranks``: cores at least this many times smaller than the weight.
         energy: instead of ``ranks``: fraction in (0, 1] of the spectrum each rank keeps.
         cores: number of cores ``d`` when the factors are found automatically.
@@ -38,7 +40,8 @@ class TTLayerSwap(LayerSwap):
         exclude: layer name patterns left dense.
 
     Raises:
-        ValueError: an argument outside its allowed values; at ``check_model``, a pattern matching no layer, a
+        ValueError: an argument outside its allowed values, two of ``ranks`` / ``compression_ratio`` /
+            ``energy``; at ``check_model``, a pattern matching no layer, a
             dimension that cannot be factorized as asked, or a rank larger than a layer allows.
 
     Example:
@@ -48,6 +51,7 @@ class TTLayerSwap(LayerSwap):
 
     transform = "tt_swap"
     technique = "TTLayerSwap"
+    int8_traceable = False  # the forward picks a contraction plan at run time; low-bit weights quantize it
 
     def __init__(
         self,
@@ -64,8 +68,10 @@ class TTLayerSwap(LayerSwap):
         super().__init__(swap_at, include, exclude, module_types=["Linear"], allowed_types=["Linear"])
         given = [name for name, value in (("ranks", ranks), ("compression_ratio", compression_ratio),
                                           ("energy", energy)) if value is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of ranks, compression_ratio, energy; got {given or 'none'}")
+        if len(given) > 1:
+            raise ValueError(f"give exactly one of ranks, compression_ratio, energy; got {given}")
+        if not given:
+            ranks = DEFAULT_RANKS
         if ranks is not None:
             listed = list(ranks) if isinstance(ranks, Sequence) else [ranks]
             if not listed or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in listed):

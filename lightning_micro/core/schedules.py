@@ -48,3 +48,29 @@ SPARSITY_SCHEDULES: dict[str, SparsitySchedule] = {
     "linear": linear_sparsity,
     "one_shot": one_shot_sparsity,
 }
+
+
+# --- when a technique acts ------------------------------------------------------------------------------------
+# A moment of the run is an epoch (int), a fraction of the run (float in [0, 1]) or an optimizer step ("step:N").
+
+STEP_PREFIX = "step:"
+
+
+def step_of(when: int | float | str, steps_per_epoch: int, total_steps: int) -> int:
+    """The optimizer step at which ``when`` falls: epoch ``e`` starts at ``e * steps_per_epoch``, a fraction ``f``
+    is ``round(f * total_steps)``, ``"step:N"`` is ``N``.
+
+    Example:
+        >>> step_of(2, 10, 50), step_of(0.5, 10, 50), step_of("step:7", 10, 50)
+        (20, 25, 7)
+    """
+    if isinstance(when, str):
+        return int(when.removeprefix(STEP_PREFIX))
+    if isinstance(when, float):
+        return int(round(when * total_steps))
+    return int(when) * steps_per_epoch
+
+
+def is_run_start(when: int | float | str) -> bool:
+    """Whether ``when`` is the very start of the run (before the first step), whatever its unit."""
+    return step_of(when, 1, 1) == 0 if not isinstance(when, float) else when == 0.0

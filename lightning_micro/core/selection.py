@@ -51,9 +51,14 @@ def select_parameters(
     for module_name, module in net.named_modules():
         if not is_of_type(module, types):
             continue
-        for param_name, _ in module.named_parameters(recurse=False):
+        # A layer whose weights are not one `weight` (a TT layer's cores) names them in `prunable_parameters`.
+        prunable = getattr(type(module), "prunable_parameters", None)
+        own = (module.named_parameters(recurse=False) if prunable is None else
+               ((n, p) for n, p in module.named_parameters() if n.split(".")[0] in prunable))
+        for param_name, _ in own:
             full = f"{module_name}.{param_name}" if module_name else param_name
-            if param_name in names and any(name_matches(full, p) for p in include) and not any(
+            wanted = param_name in names or prunable is not None
+            if wanted and any(name_matches(full, p) for p in include) and not any(
                 name_matches(full, p) for p in exclude
             ):
                 chosen.append(full)

@@ -268,6 +268,8 @@ class TTLinear(nn.Module):
         bias: learn an additive bias.
     """
 
+    prunable_parameters = ("cores",)  # what magnitude pruning selects in a TT layer (not the bias)
+
     def __init__(self, in_features: int, out_features: int, in_factors: Sequence[int], out_factors: Sequence[int],
                  ranks: int | Sequence[int], bias: bool = True) -> None:
         super().__init__()

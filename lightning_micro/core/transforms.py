@@ -26,6 +26,7 @@ from torch import nn
 
 from lightning_micro.core import int8_backend
 from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
+from lightning_micro.core.quantized_tt import to_low_bit_tt  # also registers TTLinear in FAKE_QUANT_TYPES
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WeightQuantSpec, to_low_bit
 from lightning_micro.core.tensor_train import TTLinear
 
@@ -59,8 +60,10 @@ def _weight_low_bit(net: nn.Module, layers: Sequence[str], bits: int, per_channe
     float_types = {fake: plain for plain, fake in FAKE_QUANT_TYPES.items()}
     for name in layers:
         layer = net.get_submodule(name)
-        float_type = float_types.get(type(layer), type(layer))
-        replace_module(net, name, to_low_bit(layer, spec, float_type))
+        if isinstance(layer, TTLinear):  # float or fake-quantized: every core becomes codes
+            replace_module(net, name, to_low_bit_tt(layer, spec))
+        else:
+            replace_module(net, name, to_low_bit(layer, spec, float_types.get(type(layer), type(layer))))
     return net
 
 
@@ -92,7 +95,7 @@ def _low_rank_swap(net: nn.Module, layers: Sequence[Mapping[str, Any]], initiali
     for spec in layers:
         layer, method, rank = net.get_submodule(spec["name"]), spec["method"], spec["rank"]
         expected = nn.Linear if method == "svd" else nn.Conv2d
-        if type(layer) is not expected:
+        if not isinstance(layer, expected):  # a fake-quantized Linear is a Linear
             raise ValueError(f"{spec['name']} is a {type(layer).__name__}; method {method!r} replaces "
                              f"{expected.__name__} layers")
         if method == "svd":

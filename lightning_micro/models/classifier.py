@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_micro.core import transforms
+from lightning_micro.contract import TRANSFORMS_KEY, CompressionMixin
 from lightning_micro.instantiate import ConfigError, instantiate, to_plain
 
-TRANSFORMS_KEY = "lightning_micro/transforms"  # where checkpoints keep the network's structural record
+__all__ = ["TRANSFORMS_KEY", "ClassifierModule"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -22,7 +22,7 @@ def _build(value: Any, key: str) -> Any:
     return instantiate(value, key) if isinstance(value, Mapping) or hasattr(value, "_target_") else value
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(CompressionMixin, L.LightningModule):
     """Cross-entropy classification around a plain ``nn.Module``, with torchmetrics accuracy.
 
     The network, optimizer and scheduler may be given as config nodes (mappings with ``_target_``; optimizer
@@ -33,6 +33,9 @@ class ClassifierModule(L.LightningModule):
     Everything is checked here, before any training step: the optimizer is built once on the parameters (so a
     negative learning rate fails now, naming ``optimizer``), and one forward pass on zeros of ``input_shape``
     checks that the network takes the data's images and returns ``num_classes`` logits.
+
+    It adopts the compression contract (:class:`~lightning_micro.contract.CompressionMixin`): the network to
+    compress is ``net``, and the techniques' loss terms are added to the training loss.
 
     Logged metrics: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
 
@@ -76,12 +79,11 @@ class ClassifierModule(L.LightningModule):
         self._check_optimizer()
         self._check_shapes()
         self.example_input_array = torch.zeros(1, *self.input_shape)
-        # Structural changes applied to ``net`` (see lightning_micro.core.transforms), in order; saved in
-        # checkpoints and replayed before their weights load.
-        self.transforms: transforms.Record = []
         self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
+
+    compressed_net_name = "net"
 
     @property
     def net_spec(self) -> dict[str, Any] | None:
@@ -117,21 +119,12 @@ class ClassifierModule(L.LightningModule):
                 "logits (num_classes, set from data.num_classes)",
             )
 
-    def apply_transform(self, transform: str, **args: Any) -> nn.Module:
-        """Change the network's structure with a registered transform and record it (see
-        :mod:`lightning_micro.core.transforms`). Parameters the transform replaces are new objects: a caller
-        doing this after the optimizer was built must rebuild it."""
-        self.net = transforms.apply(self.net, self.transforms, transform, **args)
-        return self.net
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[TRANSFORMS_KEY] = [dict(entry) for entry in self.transforms]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning calls this before it loads the state dict (on resume and in load_from_checkpoint), so the
-        # network gets the structure the saved weights were trained in.
-        missing = transforms.remaining(self.transforms, checkpoint.get(TRANSFORMS_KEY, []))
-        self.net = transforms.rebuild(self.net, self.transforms, missing)
+    def compressed_net_spec(self) -> tuple[dict[str, Any], str]:
+        """The network's own config node: the artifact rebuilds the plain network, not this module."""
+        if self.net_spec is None:
+            raise ValueError("the network was given as an object, so there is no config node to rebuild it from; "
+                             "pass net as a config node ({'_target_': ..., plain arguments})")
+        return self.net_spec, ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -140,6 +133,8 @@ class ClassifierModule(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = nn.functional.cross_entropy(logits, labels)
+        if stage == "train":
+            loss = loss + self.compression_loss(batch=batch, outputs=logits)
         accuracy(logits, labels)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=on_step, sync_dist=True)

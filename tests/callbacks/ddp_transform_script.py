@@ -2,7 +2,7 @@
 transforms the network after the first epoch (the DDP wrapper is rebuilt), saving each rank's weights at the end
 of training (before QAT converts the network).
 
-    python tests/callbacks/ddp_transform_script.py OUT_DIR qat|tt|lowrank
+    python tests/callbacks/ddp_transform_script.py OUT_DIR qat|tt|lowrank|tt_gmp
 """
 
 import subprocess
@@ -12,7 +12,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lightning_micro.callbacks import LowRankDecomposition, QuantizationAwareTraining, TTLayerSwap
+from lightning_micro.callbacks import (
+    GradualMagnitudePruning,
+    LowRankDecomposition,
+    QuantizationAwareTraining,
+    TTLayerSwap,
+)
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.models import ClassifierModule
 
@@ -42,9 +47,13 @@ def run_on_two_ranks(out: Path, technique: str) -> dict:
 
 
 TECHNIQUES = {
-    "qat": lambda: QuantizationAwareTraining(start=1),
-    "tt": lambda: TTLayerSwap(swap_at=1, ranks=4, include=["fc1"]),
-    "lowrank": lambda: LowRankDecomposition(swap_at=1, rank=8, include=["fc1", "fc2"]),
+    "qat": lambda: [QuantizationAwareTraining(start=1)],
+    "tt": lambda: [TTLayerSwap(swap_at=1, ranks=4, include=["fc1"])],
+    "lowrank": lambda: [LowRankDecomposition(swap_at=1, rank=8, include=["fc1", "fc2"])],
+    # composed: the TT cores swapped in at epoch 1 are pruned from the next step on, masks broadcast from rank 0
+    "tt_gmp": lambda: [TTLayerSwap(swap_at=1, ranks=4, include=["fc1"]),
+                       GradualMagnitudePruning(final_sparsity=0.5, start=0, end=2, update_every=5,
+                                               scope="layerwise")],
 }
 
 if __name__ == "__main__":
@@ -57,5 +66,5 @@ if __name__ == "__main__":
     )
     trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[TECHNIQUES[technique](), SaveWeightsPerRank(out)], default_root_dir=out)
+                        callbacks=[*TECHNIQUES[technique](), SaveWeightsPerRank(out)], default_root_dir=out)
     trainer.fit(module, DigitsDataModule(batch_size=32))

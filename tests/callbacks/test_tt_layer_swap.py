@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_micro.callbacks import GradualMagnitudePruning, LowRankDecomposition, TTLayerSwap
+from lightning_micro.callbacks import TTLayerSwap
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.export import load_compressed, read_metadata
@@ -133,7 +133,6 @@ def test_ddp_two_processes_train_the_same_cores(tmp_path):
     ({"ranks": 0}, "ranks must be a positive integer"),
     ({"ranks": [4, -1, 4]}, "ranks must be a positive integer"),
     ({"ranks": 4, "energy": 0.9}, "exactly one of ranks, compression_ratio, energy"),
-    ({"ranks": None}, "exactly one of ranks, compression_ratio, energy; got none"),
     ({"ranks": None, "compression_ratio": 0.5}, "compression_ratio must be a number > 1"),
     ({"ranks": None, "energy": 0.0}, "energy must be a number in \\(0, 1\\]"),
     ({"ranks": 4, "cores": 1}, "cores must be an integer >= 2"),
@@ -169,15 +168,5 @@ def test_swap_at_the_end_of_training_fails_before_the_first_step(tmp_path):
     module = ClassifierModule(NET, SGD, input_shape=[1, 8, 8])
     trainer = trainer_for(tmp_path, [TTLayerSwap(swap_at=3, ranks=4)], max_epochs=3)
     with pytest.raises(ValueError, match="swap_at=3 is at or after the end of training"):
-        trainer.fit(module, DigitsDataModule(batch_size=64))
-    assert trainer.global_step == 0
-
-
-@pytest.mark.parametrize("swap", [lambda: TTLayerSwap(ranks=4), lambda: LowRankDecomposition(rank=4)],
-                         ids=["tt", "lowrank"])
-def test_combining_with_pruning_fails_before_the_first_step(swap, tmp_path):
-    module = ClassifierModule(NET, SGD, input_shape=[1, 8, 8])
-    trainer = trainer_for(tmp_path, [GradualMagnitudePruning(final_sparsity=0.5), swap()], max_epochs=2)
-    with pytest.raises(ValueError, match="does not combine with GradualMagnitudePruning in one run yet"):
         trainer.fit(module, DigitsDataModule(batch_size=64))
     assert trainer.global_step == 0

@@ -1,0 +1,162 @@
+"""CompressionTechnique: what every compression callback shares, declared once.
+
+The lifecycle of a technique, in the order Lightning runs it:
+
+- ``check_model(net)``: resolve the selection (name patterns, types) on the network as configured, raising
+  ``ValueError`` naming the argument; the run calls it before the trainer is built.
+- ``setup``: the contract is checked (structure-changing techniques need :class:`~lightning_micro.contract.
+  Compressible`), every pair with the other techniques of the run is checked (:meth:`check_composition`), and
+  the "when" arguments are checked against the run's length. A change due at the very start happens here.
+- ``on_train_start``: the "when" arguments are resolved to optimizer steps (:meth:`step_at`).
+- during fit: a technique that changes the structure does it through :func:`~lightning_micro.callbacks.
+  structure.change_structure`, which tells every technique of the run (:meth:`on_structure_change`) so that
+  each re-resolves its selection by layer name on the new network.
+- ``finalize(pl_module)``: the deployable form (integer kernels, codes); ``report_fields(net)`` and
+  ``export_codecs(net)`` feed the report and the artifact (:func:`lightning_micro.export.export_compressed`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from typing_extensions import override
+
+from lightning_micro.contract import TRANSFORMS_KEY, Compressible, compressed_net, require_contract
+from lightning_micro.core.schedules import STEP_PREFIX, step_of
+
+When = int | float | str
+
+
+class CompressionTechnique(Callback):
+    """Base class of the compression callbacks.
+
+    Subclasses set :attr:`technique` (the name in messages), :attr:`when_arguments` (names of attributes holding
+    a moment of the run) and :attr:`changes_structure`; they override the hooks they need.
+    """
+
+    technique: str = "CompressionTechnique"
+    when_arguments: tuple[str, ...] = ()
+    changes_structure: bool = False  # needs the compression contract (a record replayed before weights load)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._steps: dict[str, int] = {}
+        self._max_epochs: int | None = None
+
+    # --- extension hooks, declared ------------------------------------------------------------------------------
+
+    def check_model(self, net: nn.Module) -> None:
+        """Resolve the selection on ``net``; raise ``ValueError`` naming the argument when it cannot work."""
+
+    def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                          techniques: list[CompressionTechnique]) -> None:
+        """Raise ``ValueError`` (with the reason and what works instead) when this technique cannot share the run
+        with ``techniques`` (all of the run's, this one included, in callback order)."""
+
+    def on_structure_change(self, trainer: L.Trainer, pl_module: L.LightningModule, entry: Mapping[str, Any]) -> None:
+        """Another technique (or this one) changed the network with the recorded transform ``entry``: re-resolve
+        whatever was selected by layer name."""
+
+    def finalize(self, pl_module: L.LightningModule) -> None:
+        """Turn the trained network into its deployable form (a recorded transform); idempotent."""
+
+    def report_fields(self, net: nn.Module) -> dict[str, int | float | str]:
+        """Fields this technique adds to the compression report."""
+        return {}
+
+    def export_codecs(self, net: nn.Module) -> dict[str, str]:
+        """``{state-dict key: codec name}`` for the tensors this technique stores compressed."""
+        return {}
+
+    # --- when ---------------------------------------------------------------------------------------------------
+
+    def fraction_at(self, name: str, trainer: L.Trainer) -> float:
+        """Where the moment ``name`` falls in the run, as a fraction (to order techniques' actions before the
+        steps are known)."""
+        when = getattr(self, name)
+        max_epochs = self._run_epochs(trainer)
+        if isinstance(when, float):
+            return when
+        if isinstance(when, str):
+            total = trainer.estimated_stepping_batches
+            return int(when.removeprefix(STEP_PREFIX)) / total if math.isfinite(total) and total else 0.0
+        return when / max_epochs if max_epochs else 0.0
+
+    def step_at(self, name: str) -> int:
+        """The optimizer step of the moment ``name`` (resolved in ``on_train_start``)."""
+        return self._steps[name]
+
+    @staticmethod
+    def _run_epochs(trainer: L.Trainer) -> int | None:
+        return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+
+    def _check_whens(self, trainer: L.Trainer) -> None:
+        self._max_epochs = self._run_epochs(trainer)
+        for name in self.when_arguments:
+            when = getattr(self, name)
+            if isinstance(when, float) and self._max_epochs is None:
+                raise ValueError(f"{name}={when} is a fraction of the run, but trainer.max_epochs is not set")
+            if isinstance(when, int) and self._max_epochs is not None and when > self._max_epochs:
+                raise ValueError(f"{name}={when} epochs is after the end of training "
+                                 f"(trainer.max_epochs={self._max_epochs})")
+
+    def _resolve_steps(self, trainer: L.Trainer) -> None:
+        total = int(trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+        self._steps = {name: step_of(getattr(self, name), steps_per_epoch, total) for name in self.when_arguments
+                       if getattr(self, name) is not None}
+        self.total_steps = total
+
+    # --- Lightning hooks ----------------------------------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.changes_structure:
+            require_contract(pl_module, self.technique)
+        self._check_whens(trainer)
+        techniques = [c for c in trainer.callbacks if isinstance(c, CompressionTechnique)]
+        self.check_composition(trainer, pl_module, techniques)
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._resolve_steps(trainer)
+
+    @override
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+                           ) -> None:
+        # The module's own hook writes the record too; writing it here keeps it in the checkpoint even when a
+        # user's on_save_checkpoint forgets to call super().
+        if isinstance(pl_module, Compressible):
+            checkpoint[TRANSFORMS_KEY] = [dict(entry) for entry in pl_module.transforms]
+
+    # --- loss terms -----------------------------------------------------------------------------------------------
+
+    def add_loss_term(self, pl_module: L.LightningModule, name: str, term: Any) -> None:
+        """Add ``term(module, **context) -> scalar`` to the training loss through the contract's hook; after the
+        next training step the module is checked to have added ``self.compression_loss(...)`` to its loss."""
+        require_contract(pl_module, self.technique).add_loss_term(name, term)
+        self._loss_calls_before = pl_module.compression_loss_calls
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        before = getattr(self, "_loss_calls_before", None)
+        if before is None:
+            return
+        if pl_module.compression_loss_calls == before:
+            raise RuntimeError(f"{self.technique} adds a term to the training loss, but "
+                               f"{type(pl_module).__name__}.training_step does not add self.compression_loss(...) "
+                               "to the loss it returns: `return loss + self.compression_loss(batch=batch)`")
+        self._loss_calls_before = None
+
+    @staticmethod
+    def net_of(pl_module: L.LightningModule) -> nn.Module:
+        """The network this technique works on (see :func:`lightning_micro.contract.compressed_net`)."""
+        return compressed_net(pl_module)

@@ -1,0 +1,205 @@
+"""The compression contract: what a LightningModule offers so that every technique works on it.
+
+A technique that only masks weights (gradual magnitude pruning) works on any LightningModule. Techniques that
+change the network's structure (quantization-aware training, TT and low-rank layers) need the module to keep a
+*record* of those changes and to replay it before saved weights load, to say which submodule is the network to
+compress, to give an example input, and (for techniques that add a loss term) to add the techniques' loss to its
+own. :class:`CompressionMixin` is all of that in one line::
+
+    class MyModule(CompressionMixin, L.LightningModule):
+        compressed_net_name = "backbone"          # optional: default "" compresses the whole module
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self(x), y)
+            return loss + self.compression_loss(batch=batch)   # only needed by techniques that add a loss term
+
+:class:`Compressible` is the ``typing.Protocol`` the callbacks check with ``isinstance`` (:func:`require_contract`):
+a module that does not adopt the contract gets, before the first training step, one message naming the line to add.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from lightning_micro.core import transforms
+
+TRANSFORMS_KEY = "lightning_micro/transforms"  # where checkpoints keep the network's structural record
+CONTRACT_LINE = "class {name}(lightning_micro.CompressionMixin, lightning.LightningModule)"
+
+LossTerm = Callable[..., torch.Tensor]
+
+
+@runtime_checkable
+class Compressible(Protocol):
+    """What a structure-changing technique needs from the LightningModule (checked with ``isinstance``)."""
+
+    compressed_net_name: str
+
+    @property
+    def compressed_net(self) -> nn.Module: ...
+
+    @property
+    def transforms(self) -> transforms.Record: ...
+
+    def apply_transform(self, transform: str, **args: Any) -> nn.Module: ...
+
+    def add_loss_term(self, name: str, term: LossTerm) -> None: ...
+
+    def compression_loss(self, **context: Any) -> torch.Tensor: ...
+
+    def compressed_net_spec(self) -> tuple[dict[str, Any], str]: ...
+
+
+class CompressionMixin:
+    """The compression contract for a LightningModule; put it first among the bases (see the module docstring).
+
+    Attributes:
+        compressed_net_name: dotted name of the submodule that is the network to compress (``""``: the whole
+            module). Int8 quantization replaces the network by a traced graph, so it needs a submodule.
+    """
+
+    compressed_net_name: str = ""
+
+    # --- the network and its record -----------------------------------------------------------------------------
+
+    @property
+    def compressed_net(self) -> nn.Module:
+        """The network the techniques compress."""
+        return self.get_submodule(self.compressed_net_name) if self.compressed_net_name else self
+
+    @property
+    def transforms(self) -> transforms.Record:
+        """Structural changes applied to :attr:`compressed_net`, in order (see :mod:`lightning_micro.core.transforms`);
+        saved in checkpoints and in the artifact, replayed before saved weights load."""
+        return self.__dict__.setdefault("_compression_record", [])
+
+    def apply_transform(self, transform: str, **args: Any) -> nn.Module:
+        """Change :attr:`compressed_net` with a registered transform and record it. Parameters the transform
+        replaces are new objects: a caller doing this after the optimizer was built must rebuild it (the
+        callbacks do, through ``lightning_micro.callbacks.structure.transform_during_fit``).
+
+        Raises:
+            ValueError: the transform replaces the network object itself (int8 tracing does) while the network is
+                the whole LightningModule: name a submodule with ``compressed_net_name``.
+        """
+        net = self.compressed_net
+        new = transforms.apply(net, self.transforms, transform, **args)
+        if new is not net:
+            if not self.compressed_net_name:
+                self.transforms.pop()
+                raise ValueError(f"{transform} replaces the whole network by a new module, which cannot replace the "
+                                 f"LightningModule {type(self).__name__} itself: set compressed_net_name to the "
+                                 "attribute that holds the network (e.g. compressed_net_name = 'net')")
+            transforms.replace_module(self, self.compressed_net_name, new)
+        return new
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TRANSFORMS_KEY] = [dict(entry) for entry in self.transforms]
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning calls this before it loads the state dict (on resume and in load_from_checkpoint), so the
+        # network gets the structure the saved weights were trained in.
+        replay_checkpoint_record(self, checkpoint)
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+
+    # --- loss terms -------------------------------------------------------------------------------------------
+
+    @property
+    def loss_terms(self) -> dict[str, LossTerm]:
+        """Loss terms added by techniques, by name: ``term(module, **context) -> scalar tensor``."""
+        return self.__dict__.setdefault("_compression_loss_terms", {})
+
+    def add_loss_term(self, name: str, term: LossTerm) -> None:
+        """Add (or replace) a technique's term of the training loss; :meth:`compression_loss` sums them."""
+        self.loss_terms[name] = term
+
+    def compression_loss(self, **context: Any) -> torch.Tensor:
+        """The sum of the techniques' loss terms (zero when there is none); add it to the training loss.
+        ``context`` (``batch``, ``outputs``, ...) is passed to every term."""
+        self.__dict__["_compression_loss_calls"] = self.__dict__.get("_compression_loss_calls", 0) + 1
+        total = torch.zeros((), device=self.device)  # type: ignore[attr-defined]
+        for term in self.loss_terms.values():
+            total = total + term(self, **context)
+        return total
+
+    @property
+    def compression_loss_calls(self) -> int:
+        """How often :meth:`compression_loss` ran: a technique with a loss term checks that training_step adds it."""
+        return self.__dict__.get("_compression_loss_calls", 0)
+
+    # --- export -------------------------------------------------------------------------------------------------
+
+    def compressed_net_spec(self) -> tuple[dict[str, Any], str]:
+        """How a fresh process rebuilds :attr:`compressed_net` before the artifact's record and weights are
+        applied: a config node (``_target_`` plus plain arguments) and the dotted name of the submodule of the
+        object it builds (``""``: the object itself).
+
+        The default rebuilds this LightningModule from its class path and the init arguments it saved with
+        ``self.save_hyperparameters()``. Override it to name a factory instead, e.g.
+        ``return {"_target_": "my_pkg.make_backbone", "width": 16}, ""``.
+
+        Raises:
+            ValueError: the class cannot be imported by name in another process (defined in ``__main__`` or
+                inside a function), or an init argument was not saved.
+        """
+        cls = type(self)
+        check_importable(cls)
+        hparams = dict(getattr(self, "hparams", {}) or {})
+        missing = [name for name, param in inspect.signature(cls.__init__).parameters.items()
+                   if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+                   and param.default is param.empty and name not in hparams]
+        if missing:
+            raise ValueError(f"{cls.__name__}.__init__ needs {missing}, which its hparams do not hold: call "
+                             "self.save_hyperparameters() in __init__ (plain values), or override "
+                             "compressed_net_spec() to name a factory of the network")
+        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **hparams}, self.compressed_net_name
+
+
+def replay_checkpoint_record(module: Compressible, checkpoint: Mapping[str, Any]) -> None:
+    """Apply the transforms a checkpoint's record holds that ``module`` has not applied yet (structure only)."""
+    missing = transforms.remaining(module.transforms, checkpoint.get(TRANSFORMS_KEY, []))
+    net = module.compressed_net
+    new = transforms.rebuild(net, module.transforms, missing)
+    if new is not net:
+        transforms.replace_module(module, module.compressed_net_name, new)
+
+
+def check_importable(cls: type) -> None:
+    """Refuse a class that another process cannot import by its path (``__main__``, local classes)."""
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        where = "in __main__ (the script being run)" if cls.__module__ == "__main__" else "inside a function"
+        raise ValueError(f"{cls.__qualname__} is defined {where}, so a fresh process cannot import it to rebuild "
+                         "the network: move it into an importable module (a .py file on the path)")
+
+
+def require_contract(pl_module: Any, technique: str) -> Compressible:
+    """``pl_module`` as a :class:`Compressible`, or a ``TypeError`` naming the line to add."""
+    if isinstance(pl_module, Compressible):
+        return pl_module
+    name = type(pl_module).__name__
+    raise TypeError(f"{technique} changes the network's structure, so the LightningModule must adopt the compression "
+                    f"contract; {name} does not. Add the mixin as its first base class: "
+                    f"`{CONTRACT_LINE.format(name=name)}` (lightning_micro.CompressionMixin)")
+
+
+def compressed_net(pl_module: Any) -> nn.Module:
+    """The network a technique works on: the contract's :attr:`~CompressionMixin.compressed_net`, or the whole
+    module for a LightningModule without the contract (enough for techniques that only mask weights)."""
+    return pl_module.compressed_net if isinstance(pl_module, Compressible) else pl_module
+
+
+def example_input(pl_module: Any, technique: str) -> torch.Tensor:
+    """Lightning's ``example_input_array`` of the module (a tensor), or a ``ValueError`` saying how to set it."""
+    example = getattr(pl_module, "example_input_array", None)
+    if not isinstance(example, torch.Tensor):
+        raise ValueError(f"{technique} needs an example input to trace the network: set "
+                         f"self.example_input_array = torch.zeros(1, ...) in {type(pl_module).__name__}.__init__ "
+                         "(one batch of the network's input shape)")
+    return example

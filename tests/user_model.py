@@ -1,0 +1,96 @@
+"""A LightningModule as a user writes one (not from the zoo): its own network with a residual block and a
+depthwise convolution, its own training_step and optimizer; the one line of the compression contract is
+``CompressionMixin`` among its bases (plus ``compressed_net_name``, since int8 replaces the network)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_micro import CompressionMixin
+
+
+class ResidualDepthwiseNet(nn.Module):
+    """stem conv-bn-relu, a residual block of depthwise 3x3 and pointwise 1x1 convolutions, two linear layers."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.depthwise = nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False)
+        self.pointwise = nn.Conv2d(width, width, 1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(width * 16, 64)
+        self.fc2 = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.relu(x + self.pointwise(self.relu(self.depthwise(x))))  # the residual addition
+        x = self.pool(x)
+        return self.fc2(self.relu(self.fc1(torch.flatten(x, 1))))
+
+
+class DigitsClassifier(CompressionMixin, L.LightningModule):
+    compressed_net_name = "backbone"
+
+    def __init__(self, width: int = 16, lr: float = 5e-3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = ResidualDepthwiseNet(width)
+        self.example_input_array = torch.zeros(1, 1, 8, 8)
+        self.test_accuracy = MulticlassAccuracy(10, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        return loss + self.compression_loss(batch=batch)
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.test_accuracy(self(x), y)
+        self.log("test_acc", self.test_accuracy, on_epoch=True)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class PlainClassifier(L.LightningModule):
+    """The same without the contract."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = ResidualDepthwiseNet(8)
+
+    def forward(self, x):
+        return self.backbone(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class UnsavedArguments(CompressionMixin, L.LightningModule):
+    """Takes an init argument but does not save it (no save_hyperparameters): its artifact cannot be rebuilt."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.backbone = ResidualDepthwiseNet(width)
+
+    def forward(self, x):
+        return self.backbone(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
