@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,3 +40,20 @@ def run_recipe(tag: str, overrides: list[str], seed: int, report_keys: tuple[str
     fields = report if report_keys is None else {k: report.get(k) for k in report_keys}
     return {"seed": seed, "command": "python train.py " + " ".join(args[:-1]),
             "run_dir": str(run_dir.relative_to(ROOT)), "wall_s": round(time.perf_counter() - started, 1), **fields}
+
+
+def run_recipes(prefix: str, configs: dict[str, list[str]], names: list[str], seeds: list[int], jobs: int,
+                report_keys: tuple[str, ...], out: Path) -> dict:
+    """Run ``names`` (keys of ``configs``) for every seed, ``jobs`` at a time, and return the results of ``out``
+    (an earlier call's JSON, if any) updated with these: ``{name: {"overrides", "runs", "test_acc_mean"}}``."""
+    todo = [(name, seed) for name in names for seed in seeds]
+    with ThreadPoolExecutor(jobs) as pool:
+        runs = list(pool.map(lambda job: run_recipe(f"{prefix}_{job[0]}", configs[job[0]], job[1], report_keys),
+                             todo))
+    results = json.loads(out.read_text())["results"] if out.exists() else {}  # keep what an earlier call measured
+    for name in names:
+        mine = [{k: v for k, v in r.items() if v is not None} for (n, _), r in zip(todo, runs, strict=True)
+                if n == name]
+        results[name] = {"overrides": configs[name], "runs": mine,
+                         "test_acc_mean": statistics.mean(r["test/acc"] for r in mine)}
+    return results

@@ -13,12 +13,10 @@ fewer (dense / reloaded), speed-up at batch 64, artifact size ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import RESULTS, run_recipe, write
+from common import RESULTS, run_recipes, write
 
 CONFIGS = {
     "lenet5_dense": ["experiment=baseline_lenet5_mnist"],
@@ -50,16 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     # Longest first, so two jobs finish close together.
     order = sorted(args.configs, key=lambda n: ("int8" not in n, "lenet5" not in n))
-    jobs = [(name, seed) for name in order for seed in args.seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda job: run_recipe(f"comp_{job[0]}", CONFIGS[job[0]], job[1], REPORT_KEYS), jobs))
-    previous = json.loads(args.out.read_text())["results"] if args.out.exists() else {}
-    results = dict(previous)  # keep recipes measured by an earlier call
-    for name in args.configs:
-        mine = [{k: v for k, v in r.items() if v is not None}
-                for (n, _), r in zip(jobs, runs, strict=True) if n == name]
-        results[name] = {"overrides": CONFIGS[name], "runs": mine,
-                         "test_acc_mean": statistics.mean(r["test/acc"] for r in mine)}
+    results = run_recipes("comp", CONFIGS, order, args.seeds, args.jobs, REPORT_KEYS, args.out)
     for name, result in results.items():
         dense = results.get(name.split("_")[0] + "_dense")
         first = result["runs"][0]

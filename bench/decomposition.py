@@ -24,13 +24,11 @@ Writes bench/results/decomposition_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import RESULTS, ROOT, run_recipe, write
+from common import RESULTS, ROOT, run_recipes, write
 
 sys.path.insert(0, str(ROOT))
 
@@ -49,16 +47,7 @@ REPORT_KEYS = ("test/acc", "params/total", "size/artifact_bytes", "size/dense_by
 
 
 def accuracy(args: argparse.Namespace) -> None:
-    jobs = [(name, seed) for name in args.configs for seed in args.seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda job: run_recipe(f"decomp_{job[0]}", CONFIGS[job[0]], job[1], REPORT_KEYS), jobs))
-    previous = json.loads(args.out.read_text())["results"] if args.out.exists() else {}
-    results = dict(previous)  # keep configurations measured by an earlier call
-    for name in args.configs:
-        mine = [{k: v for k, v in r.items() if v is not None}
-                for (n, _), r in zip(jobs, runs, strict=True) if n == name]
-        results[name] = {"overrides": CONFIGS[name], "runs": mine,
-                         "test_acc_mean": statistics.mean(r["test/acc"] for r in mine)}
+    results = run_recipes("decomp", CONFIGS, args.configs, args.seeds, args.jobs, REPORT_KEYS, args.out)
     for name, result in results.items():
         dense = results.get(name.split("_")[0] + "_dense")
         if dense and dense is not result:

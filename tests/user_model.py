@@ -78,19 +78,9 @@ class PlainClassifier(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-class UnsavedArguments(CompressionMixin, L.LightningModule):
+class UnsavedArguments(CompressionMixin, PlainClassifier):
     """Takes an init argument but does not save it (no save_hyperparameters): its artifact cannot be rebuilt."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.backbone = ResidualDepthwiseNet(width)
-
-    def forward(self, x):
-        return self.backbone(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05)

@@ -103,12 +103,7 @@ class LayerSwap(CompressionTechnique):
         if not self.layers:
             self.check_model(self.net_of(pl_module))
         super().setup(trainer, pl_module, stage)
-        max_epochs = self._max_epochs
-        if max_epochs is not None and not isinstance(self.swap_at, str):
-            epoch = int(round(self.swap_at * max_epochs)) if isinstance(self.swap_at, float) else self.swap_at
-            if epoch >= max_epochs:
-                raise ValueError(f"swap_at={self.swap_at} is at or after the end of training (trainer.max_epochs="
-                                 f"{max_epochs}): the swapped layers would never be trained")
+        self.check_before_end("swap_at", "the swapped layers would never be trained")
         if is_run_start(self.swap_at) and not self.swapped(pl_module):
             change_structure(trainer, pl_module, self.transform, during_fit=False,
                              layers=self._specs(self.net_of(pl_module)))

@@ -286,12 +286,7 @@ class QuantizationAwareTraining(CompressionTechnique):
         if not self.selected_at_start:
             self.check_model(self.net_of(pl_module))
         super().setup(trainer, pl_module, stage)
-        max_epochs = self._max_epochs
-        if max_epochs is not None and not isinstance(self.start, str):
-            epoch = int(round(self.start * max_epochs)) if isinstance(self.start, float) else self.start
-            if epoch >= max_epochs:
-                raise ValueError(f"start={self.start} is at or after the end of training "
-                                 f"(trainer.max_epochs={max_epochs}): no epoch would train quantized")
+        self.check_before_end("start", "no epoch would train quantized")
         if is_run_start(self.start) and not self._prepared(pl_module):
             self._select(self.net_of(pl_module))
             change_structure(trainer, pl_module, self.scheme.prepare, during_fit=False,

@@ -105,6 +105,17 @@ class CompressionTechnique(Callback):
                 raise ValueError(f"{name}={when} epochs is after the end of training "
                                  f"(trainer.max_epochs={self._max_epochs})")
 
+    def check_before_end(self, name: str, consequence: str) -> None:
+        """Refuse a moment ``name`` (epoch or fraction) at or after the last epoch (``"step:N"`` is checked against
+        the run's steps once they are known)."""
+        when, max_epochs = getattr(self, name), self._max_epochs
+        if max_epochs is None or isinstance(when, str):
+            return
+        epoch = int(round(when * max_epochs)) if isinstance(when, float) else when
+        if epoch >= max_epochs:
+            raise ValueError(f"{name}={when} is at or after the end of training (trainer.max_epochs={max_epochs}): "
+                             f"{consequence}")
+
     def _resolve_steps(self, trainer: L.Trainer) -> None:
         total = int(trainer.estimated_stepping_batches)
         steps_per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
