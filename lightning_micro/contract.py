@@ -21,6 +21,7 @@ a module that does not adopt the contract gets, before the first training step, 
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -160,6 +161,13 @@ class CompressionMixin:
                              "self.save_hyperparameters() in __init__ (plain values), or override "
                              "compressed_net_spec() to name a factory of the network")
         return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **hparams}, self.compressed_net_name
+
+    def export_compressed(self, path: str | os.PathLike) -> int:
+        """After ``trainer.fit``: write the compressed network to ``path`` and return its size in bytes (see
+        :func:`lightning_micro.export.export_compressed`, which this calls with the module's trainer)."""
+        from lightning_micro.export import export_compressed  # the export floor sits above this one
+
+        return export_compressed(self.trainer, path, self)  # type: ignore[attr-defined]
 
 
 def replay_checkpoint_record(module: Compressible, checkpoint: Mapping[str, Any]) -> None:

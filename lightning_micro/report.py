@@ -15,7 +15,8 @@ Pure torch; no Lightning. Every figure is measured, none estimated:
   network and the reloaded artifact measured in alternation in one process; ``latency/speedup_*`` is their ratio.
 
 Techniques add their own fields (bits, ranks, removed layers) by giving their callback a method
-``report_fields(net) -> dict[str, int | float | str]`` (see :class:`ReportContributor`); the run merges them
+``report_fields(net) -> dict[str, int | float | str]`` (declared on
+``lightning_micro.callbacks.CompressionTechnique``); the run merges them
 into the report.
 """
 
@@ -34,13 +35,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 ReportValue = int | float | str
-
-
-@runtime_checkable
-class ReportContributor(Protocol):
-    """Anything (usually a compression callback) that adds fields to the report."""
-
-    def report_fields(self, net: nn.Module) -> Mapping[str, ReportValue]: ...
 
 
 @runtime_checkable

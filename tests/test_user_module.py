@@ -24,7 +24,7 @@ from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.export import read_metadata
-from tests.user_model import DigitsClassifier, PlainClassifier, UnsavedArguments
+from tests.user_model import DigitsClassifier, FactoryNamed, PlainClassifier, UnsavedArguments
 
 ROOT = Path(__file__).resolve().parent.parent
 FRESH_PROCESS_ACCURACY = (
@@ -159,6 +159,17 @@ def test_export_asks_for_saved_init_arguments(tmp_path):
     trainer, _ = fit(tmp_path, [], UnsavedArguments(16), max_epochs=1)
     with pytest.raises(ValueError, match=r"UnsavedArguments.__init__ needs \['width'\].*save_hyperparameters\(\)"):
         export_compressed(trainer, tmp_path / "b.safetensors")
+
+
+def test_a_factory_named_by_the_module_rebuilds_the_network_and_the_module_exports_itself(tmp_path):
+    trainer, module = fit(tmp_path, RECIPES["tt"](), FactoryNamed(), max_epochs=2)
+    path = tmp_path / "model.safetensors"
+    assert module.export_compressed(path) == path.stat().st_size  # from the module, with its trainer
+    assert read_metadata(path)["net"] == {"_target_": "tests.user_model.ResidualDepthwiseNet", "width": 16}
+    deployed = load_compressed(path)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert isinstance(deployed.fc1, TTLinear) and torch.allclose(deployed(x), module.eval()(x))
 
 
 def test_checkpoint_of_a_user_module_replays_its_record(tmp_path):

@@ -60,6 +60,13 @@ class DigitsClassifier(CompressionMixin, L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
+class FactoryNamed(DigitsClassifier):
+    """Names the factory of its network instead of being rebuilt whole."""
+
+    def compressed_net_spec(self):
+        return {"_target_": "tests.user_model.ResidualDepthwiseNet", "width": self.hparams.width}, ""
+
+
 class PlainClassifier(L.LightningModule):
     """The same without the contract."""
 

@@ -185,6 +185,9 @@ class GradualMagnitudePruning(CompressionTechnique):
         candidates = select_parameters(net, ["*"], self.exclude, self.module_types)
         chosen.update(followers(candidates, self.selected_at_start, present, lambda n: n.rpartition(".")[0]))
         names = [n for n in candidates if n in chosen]
+        if not names:
+            raise ValueError(f"include {self.include} minus exclude {self.exclude} selects nothing in the network as "
+                             "it is now (after a structural change)")
         alone: dict[str, float] = {}  # layers pruned on their own, to their own final sparsity
         if self.first_layer_sparsity is not None:
             alone[names[0]] = self.first_layer_sparsity
