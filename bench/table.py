@@ -122,7 +122,7 @@ def composition_rows(payload: dict) -> list[str]:
         run, figures = result["runs"][0], result["figures"]
         delta = figures.get("delta_vs_dense_pp")
         conv = figures.get("conv_macs_fewer_x")
-        bars = "; ".join(f"{key} {b['measured']:.3g} vs {b['bar']:g}: {'met' if b['met'] else 'NOT met'}"
+        bars = "; ".join(f"{key} {b['measured']:.4g} vs {b['bar']:g}: {'met' if b['met'] else 'NOT met'}"
                          for key, b in result.get("bars", {}).items()) or "-"
         rows.append(
             f"| {name} | `{' '.join(result['overrides'])}` | {result['test_acc_mean']:.2%} | "

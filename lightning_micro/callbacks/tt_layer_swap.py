@@ -6,14 +6,16 @@ The Lightning glue only: the TT format, its decomposition (TensorLy) and its for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
+from typing_extensions import override
 
 from lightning_micro.callbacks.arguments import check_ratio
 from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.core import tensor_train as tt
+from lightning_micro.core.selection import check_pattern, name_matches
 
 DEFAULT_RANKS = 8  # when none of ranks, compression_ratio, energy is given (conf/compression/tt.yaml)
 
@@ -38,6 +40,8 @@ class TTLayerSwap(LayerSwap):
         out_factors: output factors ``m_1..m_d`` (product ``out_features``); ``None``: found automatically.
         include: layer name patterns (glob or ``re:``).
         exclude: layer name patterns left dense.
+        overrides: ``{pattern: compression_ratio}``: the layers a pattern matches get their own ratio (the first
+            matching pattern wins), e.g. ``{"fc2": 5}`` beside ``compression_ratio: 30``.
 
     Raises:
         ValueError: an argument outside its allowed values, two of ``ranks`` / ``compression_ratio`` /
@@ -64,6 +68,7 @@ class TTLayerSwap(LayerSwap):
         out_factors: Sequence[int] | None = None,
         include: Sequence[str] = ("*",),
         exclude: Sequence[str] = (),
+        overrides: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(swap_at, include, exclude, module_types=["Linear"], allowed_types=["Linear"])
         given = [name for name, value in (("ranks", ranks), ("compression_ratio", compression_ratio),
@@ -91,12 +96,29 @@ class TTLayerSwap(LayerSwap):
         self.cores = cores
         self.in_factors = None if in_factors is None else [int(f) for f in in_factors]
         self.out_factors = None if out_factors is None else [int(f) for f in out_factors]
+        self.overrides = {str(k): check_ratio(f"overrides[{k!r}]", v) for k, v in dict(overrides or {}).items()}
+        for pattern in self.overrides:
+            try:
+                check_pattern(pattern)
+            except ValueError as err:
+                raise ValueError(f"overrides: {err}") from err
+
+    @override
+    def check_model(self, net: nn.Module) -> None:
+        super().check_model(net)
+        for pattern in self.overrides:
+            if not any(name_matches(n, pattern) for n in self.layers):
+                raise ValueError(f"overrides: pattern {pattern!r} matches none of the selected layers "
+                                 f"({', '.join(self.layers)})")
 
     def layer_spec(self, name: str, layer: nn.Module) -> dict[str, Any]:
         try:
             ins, outs = tt.tt_dims(layer.in_features, layer.out_features, self.cores, self.in_factors,
                                    self.out_factors)
-            if self.ranks is not None:
+            ratio = next((r for p, r in self.overrides.items() if name_matches(name, p)), None)
+            if ratio is not None:
+                ranks = tt.ranks_for_ratio(ins, outs, ratio)
+            elif self.ranks is not None:
                 ranks = tt.full_ranks(self.ranks, ins, outs)
             elif self.compression_ratio is not None:
                 ranks = tt.ranks_for_ratio(ins, outs, self.compression_ratio)
@@ -113,8 +135,10 @@ class TTLayerSwap(LayerSwap):
             layer = net.get_submodule(name)
             if not isinstance(layer, tt.TTLinear):
                 continue
-            params = sum(p.numel() for p in layer.parameters())
-            dense = layer.in_features * layer.out_features + (layer.out_features if layer.bias is not None else 0)
+            # cores as they are stored: parameters in training, integer codes after low-bit quantization
+            bias = layer.out_features if layer.bias is not None else 0
+            params = sum(c.numel() for c in layer.core_tensors()) + bias
+            dense = layer.in_features * layer.out_features + bias
             fields.update({
                 f"tt/{name}/ranks": "-".join(map(str, layer.ranks)),
                 f"tt/{name}/out_factors": "x".join(map(str, layer.out_factors)),

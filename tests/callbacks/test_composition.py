@@ -88,6 +88,9 @@ def check_effects(pair: tuple[str, ...], techniques: list[L.Callback], deployed:
     state = deployed.state_dict()
     if "tt" in pair:
         assert isinstance(modules["fc1"], TTLinear)
+        tt = next(t for t in techniques if isinstance(t, TTLayerSwap))
+        cores = sum(c.numel() for c in modules["fc1"].core_tensors())  # integer codes after 4-bit QAT
+        assert cores > 0 and tt.report_fields(deployed)["tt/fc1/params"] == cores + 64
     if "lowrank" in pair:
         assert not isinstance(modules["conv2"], nn.Conv2d) and {"conv2.0", "conv2.1", "conv2.2"} <= set(modules)
     if "gmp" in pair:  # pruned to the target, the factors / cores of a swapped layer included

@@ -140,10 +140,26 @@ def test_ddp_two_processes_train_the_same_cores(tmp_path):
     ({"ranks": 4, "swap_at": -1}, "swap_at must be an epoch >= 0"),
     ({"ranks": 4, "swap_at": 1.5}, "fractions of the run"),
     ({"ranks": 4, "include": ["re:("]}, "include: .* is not a valid regular expression"),
+    ({"compression_ratio": 30, "overrides": {"fc2": 0.5}}, "overrides\\['fc2'\\] must be a number > 1"),
+    ({"compression_ratio": 30, "overrides": {"re:(": 5}}, "overrides: .* is not a valid regular expression"),
 ])
 def test_bad_arguments_fail_at_construction(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TTLayerSwap(**kwargs)
+
+
+def test_overrides_give_a_layer_its_own_ratio():
+    from lightning_micro.core.tensor_train import parameter_count
+    from lightning_micro.models import LeNet300
+
+    swap = TTLayerSwap(compression_ratio=30, include=["fc1", "fc2"], overrides={"fc2": 5})
+    net = LeNet300([1, 28, 28])
+    swap.check_model(net)
+    specs = {spec["name"]: spec for spec in swap._specs(net)}
+    for name, ratio in (("fc1", 30), ("fc2", 5)):
+        spec, dense = specs[name], net.get_submodule(name).weight.numel()
+        params = parameter_count(spec["in_factors"], spec["out_factors"], spec["ranks"])
+        assert dense / params >= ratio and dense / params < 2 * ratio  # the largest ranks meeting that ratio
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -156,6 +172,8 @@ def test_bad_arguments_fail_at_construction(kwargs, message):
     (["compression.tt.include=[fc3]", "compression.tt.out_factors=[3,3]"],
      "compression.tt: TTLayerSwap on fc3 \\(100 -> 10\\): out_factors=\\[3, 3\\] .* product is 10"),
     (["compression.tt.ranks=null", "compression.tt.compression_ratio=1000"], "compression_ratio=1000.* out of reach"),
+    (["compression.tt.include=[fc1]", "compression.tt.overrides={fc2:5}"],
+     "compression.tt: overrides: pattern 'fc2' matches none of the selected layers \\(fc1\\)"),
 ])
 def test_bad_config_fails_before_training_naming_the_key(overrides, message, tmp_path):
     cfg = compose_cfg([*FAST, "compression=tt", *overrides], tmp_path)
