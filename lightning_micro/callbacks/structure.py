@@ -19,13 +19,13 @@ import lightning as L
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from lightning_micro.callbacks.technique import CompressionTechnique
+
 
 def change_structure(trainer: L.Trainer, pl_module: L.LightningModule, transform: str, during_fit: bool,
                      **args: Any) -> None:
     """Apply ``transform`` to the module's network (``during_fit``: between training steps, with the training
     state rebuilt; otherwise in ``setup``, before the optimizer exists) and notify the run's techniques."""
-    from lightning_micro.callbacks.technique import CompressionTechnique
-
     if during_fit:
         transform_during_fit(trainer, pl_module, transform, **args)
     else:
