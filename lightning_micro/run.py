@@ -67,6 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [*instantiate_each(cfg.get("callbacks"), "callbacks"), *techniques]
     loggers: list[Logger] = instantiate_each(cfg.get("logger"), "logger")
     trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    check_composition(cfg.get("compression"), techniques, trainer, module)
     for logger in loggers:
         logger.log_hyperparams(to_plain(cfg))
 
@@ -99,6 +100,17 @@ def build_techniques(node: Any, module: ClassifierModule) -> list[Any]:
         except ValueError as err:
             raise ConfigError(f"compression.{name}", str(err)) from err
     return techniques
+
+
+def check_composition(node: Any, techniques: list[CompressionTechnique], trainer: L.Trainer,
+                      module: ClassifierModule) -> None:
+    """Every technique's pairing with the others, checked before loggers start (each technique checks again in
+    its ``setup``): a combination that cannot work is a config error naming the technique's key."""
+    for name, technique in zip(node or {}, techniques, strict=True):
+        try:
+            technique.check_composition(trainer, module, techniques)
+        except ValueError as err:
+            raise ConfigError(f"compression.{name}", str(err)) from err
 
 
 def write_run_report(

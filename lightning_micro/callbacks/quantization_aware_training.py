@@ -72,6 +72,8 @@ class Int8Scheme:
                                  f"(weight_bits: 4 or 8, activation_bits: 32), which trains and stores them as "
                                  f"integer codes")
             swap = other.fraction_at("swap_at", trainer)
+            if start is None or swap is None:  # known in setup, where this is checked again
+                continue
             if swap > start or (swap == start and techniques.index(other) > techniques.index(qat)):
                 raise ValueError(f"int8 QAT traces the network at start={qat.start!r}, before {other.technique} "
                                  f"swaps layers at swap_at={other.swap_at!r}: a traced int8 graph cannot take new "

@@ -75,14 +75,16 @@ class CompressionTechnique(Callback):
 
     # --- when ---------------------------------------------------------------------------------------------------
 
-    def fraction_at(self, name: str, trainer: L.Trainer) -> float:
+    def fraction_at(self, name: str, trainer: L.Trainer) -> float | None:
         """Where the moment ``name`` falls in the run, as a fraction (to order techniques' actions before the
-        steps are known)."""
+        steps are known); ``None`` when it cannot be known yet (a step before the data is attached)."""
         when = getattr(self, name)
         max_epochs = self._run_epochs(trainer)
         if isinstance(when, float):
             return when
         if isinstance(when, str):
+            if trainer.lightning_module is None:  # before fit: the number of steps is not known
+                return None
             total = trainer.estimated_stepping_batches
             return int(when.removeprefix(STEP_PREFIX)) / total if math.isfinite(total) and total else 0.0
         return when / max_epochs if max_epochs else 0.0

@@ -22,10 +22,13 @@ from lightning_micro.callbacks import (
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.export import export_compressed, load_compressed
+from lightning_micro.instantiate import ConfigError
 from lightning_micro.models import ClassifierModule
 from lightning_micro.report import weight_tensors
+from lightning_micro.run import train
 from tests.callbacks.ddp_transform_script import run_on_two_ranks
 from tests.callbacks.test_gradual_magnitude_pruning import StopAfterEpoch
+from tests.conftest import FAST, compose_cfg
 
 
 class SmallConvNet(nn.Module):
@@ -187,3 +190,10 @@ def test_ddp_two_processes_prune_the_tt_cores_identically(tmp_path):
     assert saved["transforms"] == ["tt_swap"]
     cores = [w for n, w in saved["weights"].items() if n.startswith("fc1.cores.")]
     assert cores and all(float((c == 0).float().mean()) >= 0.45 for c in cores)
+
+
+def test_a_refused_combination_on_the_command_line_is_a_config_error_naming_the_technique(tmp_path):
+    cfg = compose_cfg([*FAST, "compression=[tt,qat]"], tmp_path)
+    with pytest.raises(ConfigError, match="^compression.qat: int8 QAT cannot take TTLayerSwap's layers"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "csv").exists()
