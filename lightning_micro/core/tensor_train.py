@@ -288,7 +288,7 @@ class TTLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self._plans: dict[int, Plan | None] = {}  # by batch size; shapes never change
         self._gradient_plans: dict[int, Plan] = {}
-        self._cached: tuple[list[int], torch.Tensor] | None = None  # (cores' versions, rebuilt matrix)
+        self._cached: tuple[list[tuple[int, int]], torch.Tensor] | None = None  # (cores' ids and versions, matrix)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -341,8 +341,9 @@ class TTLinear(nn.Module):
         return super()._apply(fn, recurse)
 
     def _rebuilt(self, cores: list[torch.Tensor]) -> torch.Tensor:
-        # Valid while no core changed in place: optimizer steps and load_state_dict bump the version counters.
-        key = [c._version for c in cores]
+        # Valid while no core changed in place (optimizer steps and load_state_dict bump the version counters)
+        # and no core was replaced by another tensor (a new one starts its own count).
+        key = [(id(c), c._version) for c in cores]
         if self._cached is None or self._cached[0] != key:
             with torch.no_grad():
                 self._cached = (key, to_matrix(cores))

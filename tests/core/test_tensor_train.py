@@ -157,3 +157,18 @@ def test_rebuilt_matrix_follows_a_dtype_change_and_a_state_dict_load():
         torch.testing.assert_close(layer(x), other(x))
         layer.double()
         assert layer(x.double()).dtype == torch.float64
+
+
+def test_rebuilt_matrix_cache_follows_a_core_replaced_by_another_tensor():
+    layer = tt.TTLinear(784, 300, [7, 4, 4, 7], [4, 5, 5, 3], ranks=13).eval()
+    x = torch.randn(64, 784)
+    with torch.no_grad():
+        before = layer(x)  # batch 64 at rank 13 runs on the rebuilt matrix (cached)
+        old = layer.cores[0]
+        new = nn.Parameter(torch.empty_like(old))
+        new.copy_(old * 2)  # a new tensor whose version count equals the old one's
+        assert new._version == old._version
+        layer.cores[0] = new
+        after = layer(x)
+    assert layer.plan(64) is None
+    assert torch.allclose(after - layer.bias, 2 * (before - layer.bias), atol=1e-5)
