@@ -142,7 +142,8 @@ if __name__ == "__main__":
                                 ("qat speed", "qat_speed.json", qat_speed_rows),
                                 ("decomposition accuracy", "decomposition_accuracy.json", decomposition_rows),
                                 ("decomposition speed", "decomposition_speed.json", decomposition_speed_rows),
-                                ("composition", "composition.json", composition_rows)):
+                                ("composition", "composition.json", composition_rows),
+                                ("composition seeds", "composition_seeds.json", composition_rows)):
         payload = load(name)
         if payload:
             print(f"\n{title}:\n" + "\n".join(render(payload)))
