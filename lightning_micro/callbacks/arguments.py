@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
@@ -93,10 +93,16 @@ def check_ratio(name: str, value: Any) -> float | None:
     return value
 
 
-def followers(candidates: Sequence[str], original: Sequence[str], present: Collection[str],
-              module_of: Callable[[str], str] = lambda name: name) -> list[str]:
-    """The ``candidates`` that stand where a name of ``original`` stood before a structural change replaced it:
-    for each original name no longer ``present``, the candidates inside its module (``module_of(name)``), e.g. a
-    TT layer's cores for the ``fc1.weight`` it replaced (a selection follows the layers it selected)."""
+def follow_selection(candidates: Sequence[str], include: Sequence[str], exclude: Sequence[str],
+                     original: Sequence[str], module_of: Callable[[str], str] = lambda name: name) -> list[str]:
+    """The ``candidates`` (names in model order) a technique selects on the network as it is now: those matching
+    a pattern of ``include`` and none of ``exclude``, plus those standing where a name of ``original`` (the
+    selection on the network as configured) stood before a structural change replaced it: for each original
+    name no longer a candidate, the candidates inside its module (``module_of(name)``), e.g. a TT layer's cores
+    for the ``fc1.weight`` it replaced. A function of ``original`` and the network now, so a resumed run selects
+    the same."""
+    present = set(candidates)
     prefixes = tuple(module_of(name) + "." for name in original if name not in present)
-    return [c for c in candidates if prefixes and c.startswith(prefixes)]
+    return [c for c in candidates
+            if (any(name_matches(c, p) for p in include) or (prefixes and c.startswith(prefixes)))
+            and not any(name_matches(c, p) for p in exclude)]

@@ -16,7 +16,7 @@ from typing_extensions import override
 
 from lightning_micro.callbacks.arguments import check_fraction as _check_fraction
 from lightning_micro.callbacks.arguments import check_when as _check_when
-from lightning_micro.callbacks.arguments import followers
+from lightning_micro.callbacks.arguments import follow_selection
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.masks import apply_masks_, magnitude_masks
 from lightning_micro.core.schedules import SPARSITY_SCHEDULES
@@ -178,13 +178,9 @@ class GradualMagnitudePruning(CompressionTechnique):
         self._select(net)
 
     def _select(self, net: nn.Module) -> None:
-        """The selection on ``net`` as it is now: what the patterns match, plus what replaced a selected weight
-        (a function of the selection at the start and the network now, so a resumed run selects the same)."""
-        chosen = set(select_parameters(net, self.include, self.exclude, self.module_types))
-        present = dict(net.named_parameters())
-        candidates = select_parameters(net, ["*"], self.exclude, self.module_types)
-        chosen.update(followers(candidates, self.selected_at_start, present, lambda n: n.rpartition(".")[0]))
-        names = [n for n in candidates if n in chosen]
+        """The selection on ``net`` as it is now (:func:`~lightning_micro.callbacks.arguments.follow_selection`)."""
+        names = follow_selection(select_parameters(net, ["*"], [], self.module_types), self.include, self.exclude,
+                                 self.selected_at_start, module_of=lambda n: n.rpartition(".")[0])
         if not names:
             raise ValueError(f"include {self.include} minus exclude {self.exclude} selects nothing in the network as "
                              "it is now (after a structural change)")

@@ -17,14 +17,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_patterns, check_when, followers, select_layers
+from lightning_micro.callbacks.arguments import check_patterns, check_when, follow_selection, select_layers
 from lightning_micro.callbacks.structure import change_structure
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.contract import example_input
 from lightning_micro.core import int8_backend, transforms
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WEIGHT_BITS, WeightQuantSpec
 from lightning_micro.core.schedules import is_run_start
-from lightning_micro.core.selection import is_of_type, name_matches
+from lightning_micro.core.selection import is_of_type
 
 ACTIVATION_BITS = (8, 32)
 
@@ -263,12 +263,8 @@ class QuantizationAwareTraining(CompressionTechnique):
         """The selection on ``net`` as it is now: what the patterns match, plus the layers that replaced a
         selected one (a low-rank layer's factors stand where the selected Linear stood)."""
         quantizable = [n for n, m in net.named_modules() if n and is_of_type(m, self.module_types)]
-        chosen = {n for n in quantizable if any(name_matches(n, p) for p in self.include)
-                  and not any(name_matches(n, p) for p in self.exclude)}
-        chosen.update(n for n in followers(quantizable, self.selected_at_start, set(quantizable))
-                      if not any(name_matches(n, p) for p in self.exclude))
-        self.layers = [n for n in quantizable if n in chosen]
-        self.skipped = [n for n in quantizable if n not in chosen]
+        self.layers = follow_selection(quantizable, self.include, self.exclude, self.selected_at_start)
+        self.skipped = [n for n in quantizable if n not in self.layers]
 
     # --- hooks -----------------------------------------------------------------------------------------------
 
