@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from lightning_micro.core import transforms
+from lightning_micro.loading import Trusted, loading_file
 
 TRANSFORMS_KEY = "lightning_micro/transforms"  # where checkpoints keep the network's structural record
 CONTRACT_LINE = "class {name}(lightning_micro.CompressionMixin, lightning.LightningModule)"
@@ -99,6 +100,16 @@ class CompressionMixin:
                                  "attribute that holds the network (e.g. compressed_net_name = 'net')")
             transforms.replace_module(self, self.compressed_net_name, new)
         return new
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, trusted: Iterable[Trusted] = (),
+                             **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``, reading the file as data only: ``torch.load(weights_only=True)``,
+        and network, optimizer and scheduler nodes among the saved hyper-parameters are built only from trusted
+        classes with plain arguments (:mod:`lightning_micro.loading`; ``trusted`` names your own)."""
+        kwargs.setdefault("weights_only", True)
+        with loading_file(trusted):
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[TRANSFORMS_KEY] = [dict(entry) for entry in self.transforms]

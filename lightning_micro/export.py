@@ -1,12 +1,15 @@
 """The compressed artifact: one safetensors file that rebuilds a runnable network, weights only.
 
-Layout: the tensors of the network's ``state_dict`` (each stored by a named *codec*) and metadata strings:
-``format`` (this module's version), ``net`` (the network's config node as JSON: ``_target_`` plus plain
-arguments), ``transforms`` (the record of structural changes made to the network, see
-:mod:`lightning_micro.core.transforms`), ``codecs`` (which codec stored each state-dict entry) and ``values``
-(state-dict entries that are not tensors: tuples of tensors, dtypes, as the integer modules of torch.ao keep
-them). No pickled code: loading imports the network's class by name, replays the transforms on it and fills
-it with tensors.
+Layout: the tensors of the network's ``state_dict`` (each stored by a named *codec*) and one metadata entry,
+``lightning_micro``, a JSON object with sorted keys: ``format`` (this module's version), ``net`` (the network's
+config node: ``_target_`` plus plain arguments), ``submodule``, ``transforms`` (the record of structural changes
+made to the network, see :mod:`lightning_micro.core.transforms`), ``codecs`` (which codec stored each state-dict
+entry), ``values`` (state-dict entries that are not tensors: tuples of tensors, dtypes, as the integer modules of
+torch.ao keep them) and ``checksum`` (SHA-256 of all the rest and of every stored tensor, verified on load). The
+same network gives the same bytes.
+
+No pickled code, and loading runs none: ``net`` is resolved only to a trusted class (the zoo, or what the caller
+names; :mod:`lightning_micro.loading`), called with plain arguments; the transforms are looked up in a registry.
 
 Codecs are the extension point for compressed storage. A codec turns one state-dict tensor into one or more
 stored tensors and back. ``dense`` stores the tensor as it is, ``bitmask`` stores a sparse tensor as one bit
@@ -24,10 +27,11 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +45,19 @@ from lightning_micro.core import transforms
 from lightning_micro.core.code_format import decode_codes, encode_codes
 from lightning_micro.core.int8_backend import quantized_tensor_from_parts, quantized_tensor_parts
 from lightning_micro.core.sparse_format import bitmask_decode, bitmask_encode
-from lightning_micro.instantiate import instantiate
+from lightning_micro.loading import Trusted, UntrustedSpecError, build
 
-FORMAT = "lightning_micro.artifact/3"
-READABLE_FORMATS = (FORMAT, "lightning_micro.artifact/2", "lightning_micro.artifact/1")  # /2: no submodule
+FORMAT = "lightning_micro.artifact/4"
+# /3: no checksum, /2: no submodule either. Older formats load without the check (they were written before it).
+READABLE_FORMATS = (FORMAT, "lightning_micro.artifact/3", "lightning_micro.artifact/2", "lightning_micro.artifact/1")
+
+
+METADATA_KEY = "lightning_micro"  # format /4: all fields in one JSON metadata entry
+
+
+class ArtifactError(ValueError):
+    """A file that is not a readable artifact: not safetensors, truncated, another format, or changed since export
+    (its checksum does not match). The message names the file and what is wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,10 @@ def _unflatten_state(tensors: dict[str, torch.Tensor], values: Mapping[str, Any]
     state: dict[str, Any] = OrderedDict(tensors)
     for key, (kind, *rest) in values.items():
         if kind == "dtype":
-            state[key] = getattr(torch, rest[0])
+            dtype = getattr(torch, str(rest[0]), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ArtifactError(f"state-dict entry {key} names {rest[0]!r}, which is not a torch dtype")
+            state[key] = dtype
         elif kind == "none" and "#" not in key:
             state[key] = None
         elif kind == "versions":
@@ -128,6 +144,17 @@ def _unflatten_state(tensors: dict[str, torch.Tensor], values: Mapping[str, Any]
         if kind == "tuple":
             state[key] = tuple(state.pop(f"{key}#{i}", None) for i in range(rest[0]))
     return state
+
+
+def _checksum(tensors: Mapping[str, torch.Tensor], fields: Mapping[str, Any]) -> str:
+    """SHA-256 over the metadata fields (but the checksum) and every stored tensor's name, dtype, shape and bytes,
+    in sorted order: any changed byte of what the loader reads changes it."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in fields.items() if k != "checksum"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"\ntensor:{name}:{str(tensor.dtype)}:{list(tensors[name].shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_compressed(
@@ -169,42 +196,85 @@ def save_compressed(
             raise ValueError(f"unknown codec {chosen[name]!r} for {name}; registered: {sorted(CODECS)}")
         for suffix, part in CODECS[chosen[name]].encode(tensor.detach().cpu()).items():
             tensors[f"{name}::{suffix}"] = part.contiguous()
-    metadata = {"format": FORMAT, "net": json.dumps(dict(net_spec)), "codecs": json.dumps(chosen),
-                "transforms": json.dumps(list(record or [])), "values": json.dumps(values), "submodule": submodule}
+    fields = json.loads(json.dumps({"format": FORMAT, "net": dict(net_spec), "codecs": chosen,
+                                    "transforms": list(record or []), "values": values, "submodule": submodule}))
+    fields["checksum"] = _checksum(tensors, fields)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    # One metadata entry, its JSON keys sorted: safetensors writes several entries in a random (hash) order, which
+    # would make two exports of the same network differ in bytes.
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(fields, sort_keys=True)})
     return path.stat().st_size
 
 
+def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The metadata fields and stored tensors of an artifact file, checked: readable, a known format, and (from
+    format /4) matching its checksum."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = dict(handle.metadata() or {})
+            stored = {key: handle.get_tensor(key) for key in handle.keys()}
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for a damaged header or data
+        raise ArtifactError(f"{path} is not a readable artifact: {type(err).__name__}: {err}") from err
+    try:
+        if METADATA_KEY in raw:
+            fields = json.loads(raw[METADATA_KEY])
+        else:  # formats /1 to /3: one metadata entry per field, JSON-encoded but format and submodule
+            fields = {key: json.loads(raw[key]) for key in ("net", "codecs", "transforms", "values") if key in raw}
+            fields.update({key: raw[key] for key in ("format", "submodule") if key in raw})
+    except (TypeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path}: its metadata is not valid JSON ({err})") from err
+    if not isinstance(fields, dict) or fields.get("format") not in READABLE_FORMATS:
+        found = fields.get("format") if isinstance(fields, dict) else None
+        raise ArtifactError(f"{path} is not a lightning_micro artifact (format {found!r}, want {FORMAT})")
+    if fields["format"] == FORMAT:
+        recorded, computed = fields.get("checksum", ""), _checksum(stored, fields)
+        if recorded != computed:
+            raise ArtifactError(f"{path} was changed or damaged after export: its checksum does not match what it "
+                                f"holds (recorded {str(recorded)[:16] or 'none'}..., computed {computed[:16]}...); "
+                                "nothing was loaded")
+    return {"transforms": [], "values": {}, "submodule": "", "codecs": {}, **fields}, stored
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The artifact's metadata, JSON fields decoded."""
-    with safe_open(str(path), framework="pt") as handle:
-        raw = handle.metadata() or {}
-    if raw.get("format") not in READABLE_FORMATS:
-        raise ValueError(f"{path} is not a lightning_micro artifact (format {raw.get('format')!r}, want {FORMAT})")
-    defaults = {"transforms": "[]", "values": "{}"}  # /1 had neither
-    return {"format": raw["format"], "submodule": raw.get("submodule", ""),
-            **{key: json.loads(raw.get(key, defaults.get(key))) for key in ("net", "codecs", "transforms", "values")}}
+    """The artifact's metadata (``format``, ``net``, ``codecs``, ``transforms``, ``values``, ``submodule``), the
+    file checked first (see :func:`load_compressed`)."""
+    meta, _ = _read(path)
+    return {key: meta[key] for key in ("format", "net", "codecs", "transforms", "values", "submodule")}
 
 
-def load_compressed(path: str | os.PathLike) -> nn.Module:
-    """Rebuild the network stored at ``path``, in eval mode, on the CPU: build it from its config, replay its
+def load_compressed(path: str | os.PathLike, trusted: Iterable[Trusted] = ()) -> nn.Module:
+    """Rebuild the network stored at ``path``, in eval mode, on the CPU: build it from its spec, replay its
     structural transforms, load its tensors (strictly: every key, every shape). An artifact of a user's own
     LightningModule rebuilds that module from its class path and saved init arguments and returns the network
-    inside it (``submodule``)."""
-    meta = read_metadata(path)
+    inside it (``submodule``).
+
+    Loading never runs code from the file (:mod:`lightning_micro.loading`): the spec may name only a trusted
+    class (the zoo, or what ``trusted`` names: classes, factories, class paths or module names) with plain
+    arguments, and the file must match its checksum.
+
+    Raises:
+        ArtifactError: the file is not a readable artifact, or it changed after export.
+        UntrustedSpecError: the spec names something not trusted, or passes more than plain arguments.
+    """
+    meta, stored = _read(path)
     parts: dict[str, dict[str, torch.Tensor]] = {}
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
-            name, suffix = key.rsplit("::", 1)
-            parts.setdefault(name, {})[suffix] = handle.get_tensor(key)
+    for key, tensor in stored.items():
+        name, _, suffix = key.rpartition("::")
+        parts.setdefault(name, {})[suffix] = tensor
     state = {}
     for name, codec_name in meta["codecs"].items():
         if codec_name not in CODECS:
-            raise ValueError(f"{path}: {name} uses codec {codec_name!r}, which this version does not know "
-                             f"(known: {sorted(CODECS)})")
+            raise ArtifactError(f"{path}: {name} uses codec {codec_name!r}, which this version does not know "
+                                f"(known: {sorted(CODECS)})")
+        if name not in parts:
+            raise ArtifactError(f"{path}: {name} is listed in its codecs but no tensor of it is stored")
         state[name] = CODECS[codec_name].decode(parts[name])
-    built = instantiate(meta["net"], "artifact.net")
+    try:
+        built = build(meta["net"], "artifact.net", trusted)
+    except UntrustedSpecError as err:
+        raise UntrustedSpecError(f"{path}: {err}") from err
     net = built.get_submodule(meta["submodule"]) if meta["submodule"] else built
     net = transforms.replay(net, meta["transforms"])
     net.load_state_dict(_unflatten_state(state, meta["values"]), strict=True)

@@ -123,7 +123,9 @@ def write_run_report(
     net_spec = module.net_spec
     artifact_path = output_dir / ARTIFACT_NAME
     export_compressed(trainer, artifact_path, module)  # finalizes every technique (e.g. int8 conversion)
-    deployed = load_compressed(artifact_path)  # measure what a user gets from the file, not the training copy
+    # Measure what a user gets from the file, not the training copy. The run's own config named the network, so
+    # its class is trusted here (a user's network class too, imported by the run already).
+    deployed = load_compressed(artifact_path, trusted=[net_spec["_target_"]])
     with tempfile.TemporaryDirectory() as tmp:
         dense = instantiate(net_spec, "model.net").eval()
         dense_path = Path(tmp) / "dense.safetensors"

@@ -24,14 +24,20 @@ from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.export import read_metadata
-from tests.user_model import DigitsClassifier, FactoryNamed, PlainClassifier, UnsavedArguments
+from tests.user_model import (
+    DigitsClassifier,
+    FactoryNamed,
+    PlainClassifier,
+    ResidualDepthwiseNet,
+    UnsavedArguments,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FRESH_PROCESS_ACCURACY = (
     "import sys, torch\n"
     "from lightning_micro import load_compressed\n"
     "from lightning_micro.data import DigitsDataModule\n"
-    "net = load_compressed(sys.argv[1])\n"
+    "net = load_compressed(sys.argv[1], trusted=['tests.user_model'])  # the user's own classes, trusted by name\n"
     "dm = DigitsDataModule(); dm.setup('test')\n"
     "x, y = dm.test_set.tensors\n"
     "with torch.no_grad(): print(type(net).__name__, (net(x).argmax(1) == y).float().mean().item())\n"
@@ -74,7 +80,7 @@ def test_user_module_takes_the_technique_and_its_artifact_scores_the_same_in_a_f
                 "qat_4bit": ["weight_fake_quant", "weight_low_bit"], "tt": ["tt_swap"], "lowrank": ["low_rank_swap"],
                 "lowrank+qat_int8": ["low_rank_swap", "int8_qat_prepare", "int8_convert"]}[recipe]
     assert applied == expected
-    deployed = load_compressed(path)
+    deployed = load_compressed(path, trusted=[DigitsClassifier])
     if recipe == "tt":
         assert isinstance(deployed.fc1, TTLinear)
     if recipe.startswith("lowrank"):  # the depthwise convolution stays; the others are factorized
@@ -166,7 +172,7 @@ def test_a_factory_named_by_the_module_rebuilds_the_network_and_the_module_expor
     path = tmp_path / "model.safetensors"
     assert module.export_compressed(path) == path.stat().st_size  # from the module, with its trainer
     assert read_metadata(path)["net"] == {"_target_": "tests.user_model.ResidualDepthwiseNet", "width": 16}
-    deployed = load_compressed(path)
+    deployed = load_compressed(path, trusted=[ResidualDepthwiseNet])  # the factory the module names
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         assert isinstance(deployed.fc1, TTLinear) and torch.allclose(deployed(x), module.eval()(x))

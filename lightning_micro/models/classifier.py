@@ -12,14 +12,22 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_micro.contract import TRANSFORMS_KEY, CompressionMixin
 from lightning_micro.instantiate import ConfigError, instantiate, to_plain
+from lightning_micro.loading import build, file_trust
 
 __all__ = ["TRANSFORMS_KEY", "ClassifierModule"]
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
-def _build(value: Any, key: str) -> Any:
-    return instantiate(value, key) if isinstance(value, Mapping) or hasattr(value, "_target_") else value
+def _build(value: Any, key: str, partial_ok: bool = False) -> Any:
+    """A config node built: with Hydra when it comes from the user's config or code, and only from trusted classes
+    with plain arguments when it comes from a checkpoint's hyper-parameters (``load_from_checkpoint``)."""
+    if not (isinstance(value, Mapping) or hasattr(value, "_target_")):
+        return value
+    trusted = file_trust()
+    if trusted is None:
+        return instantiate(value, key)
+    return build(to_plain(value), key, trusted, partial_ok=partial_ok)
 
 
 class ClassifierModule(CompressionMixin, L.LightningModule):
@@ -74,8 +82,8 @@ class ClassifierModule(CompressionMixin, L.LightningModule):
         self.net: nn.Module = _build(net, "net")
         if not isinstance(self.net, nn.Module):
             raise ConfigError("net", f"must build a torch.nn.Module, got {type(self.net).__name__}")
-        self._optimizer_factory: OptimizerFactory = _build(optimizer, "optimizer")
-        self._scheduler_factory = _build(scheduler, "scheduler") if scheduler is not None else None
+        self._optimizer_factory: OptimizerFactory = _build(optimizer, "optimizer", partial_ok=True)
+        self._scheduler_factory = _build(scheduler, "scheduler", partial_ok=True) if scheduler is not None else None
         self._check_optimizer()
         self._check_shapes()
         self.example_input_array = torch.zeros(1, *self.input_shape)
