@@ -4,6 +4,8 @@ from lightning_micro.data.digits import DigitsDataModule
 from lightning_micro.data.image_datamodule import ImageDataModule
 from lightning_micro.data.torchvision_sets import (
     CIFAR10DataModule,
+    CorruptDatasetFileError,
+    DatasetError,
     DatasetNotFoundError,
     FashionMNISTDataModule,
     MNISTDataModule,
@@ -12,6 +14,8 @@ from lightning_micro.data.torchvision_sets import (
 
 __all__ = [
     "CIFAR10DataModule",
+    "CorruptDatasetFileError",
+    "DatasetError",
     "DatasetNotFoundError",
     "DigitsDataModule",
     "FashionMNISTDataModule",
