@@ -320,6 +320,19 @@ class QuantizationAwareTraining(CompressionTechnique):
             self._phase = phase
 
     @override
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+                           ) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # The weights just restored carry the observers' on/off flags (buffers) as they were saved: on, in a
+        # checkpoint written mid-epoch (an interruption, every_n_train_steps) or at an epoch's end without
+        # validation. Lightning's model summary then runs the all-zero example input at fit start, before the
+        # first step, and the moving averages would pull every range towards [0, 0]. Nothing observes until the
+        # first training step sets the phase again.
+        if self._prepared(pl_module) and not self._converted(pl_module):
+            self.scheme.stop_observing(self.net_of(pl_module))
+            self._phase = None
+
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._phase = None

@@ -130,3 +130,29 @@ def test_gzip_only_files_are_enough_for_mnist(tmp_path):
         (raw / f"{name}.gz").write_bytes(source.read_bytes())
     MNISTDataModule(data_dir=tmp_path).prepare_data()
     assert (raw / "t10k-images-idx3-ubyte").stat().st_size == len(gzip.open(raw / "t10k-images-idx3-ubyte.gz").read())
+
+
+def _labels(loader) -> list[list[int]]:
+    return [y.tolist() for _, y in loader]
+
+
+def test_training_loader_resumes_within_the_saved_epoch_only():
+    dm = DigitsDataModule()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.batch_sampler.sampler.set_epoch(1)
+    epoch_1 = _labels(loader)
+    state = {"epoch": 1, "batches": 3, "batch_size": 64, "samples": 1257}
+    loader.load_state_dict(state)
+    assert _labels(loader) == epoch_1[3:]  # the rest of the saved epoch, in its order
+    assert _labels(loader) == epoch_1  # then whole epochs again
+    loader.load_state_dict({**state, "epoch": 0})  # saved in another epoch: nothing to skip in this one
+    assert _labels(loader) == epoch_1
+    assert loader.state_dict() == {"epoch": 1, "batches": 0, "batch_size": 64, "samples": 1257}  # outside a fit
+
+
+def test_training_loader_refuses_the_state_of_other_batches():
+    dm = DigitsDataModule(batch_size=32)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="batch_size=64 over 1257 samples; this one has batch_size=32 over 1257"):
+        dm.train_dataloader().load_state_dict({"epoch": 1, "batches": 3, "batch_size": 64, "samples": 1257})
