@@ -112,14 +112,27 @@ class CompressionMixin:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from lightning_micro.callbacks.technique import TECHNIQUES_KEY, technique_list
+
         checkpoint[TRANSFORMS_KEY] = [dict(entry) for entry in self.transforms]
+        if self._fitting_trainer() is not None:  # a dense run records its empty list too
+            checkpoint[TECHNIQUES_KEY] = technique_list(self._fitting_trainer().callbacks)
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from lightning_micro.callbacks.technique import check_same_techniques
+
+        trainer = self._fitting_trainer()
+        if trainer is not None:  # resuming a fit (load_from_checkpoint has no trainer)
+            check_same_techniques(checkpoint, trainer.callbacks)
         # Lightning calls this before it loads the state dict (on resume and in load_from_checkpoint), so the
         # network gets the structure the saved weights were trained in.
         replay_checkpoint_record(self, checkpoint)
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+
+    def _fitting_trainer(self) -> Any:
+        trainer = getattr(self, "_trainer", None)
+        return trainer if trainer is not None and trainer.state.fn == "fit" else None
 
     # --- loss terms -------------------------------------------------------------------------------------------
 

@@ -37,6 +37,15 @@ def _target_of(node: Any, key: str) -> str:
     return str(target)
 
 
+def _arguments_if_unnamed(node: Any, cause: BaseException) -> str:
+    """The node's arguments, when the constructor's message names none of them (``'<' not supported ...``)."""
+    arguments = {str(k): v for k, v in node.items() if not str(k).startswith("_")}
+    if any(name in str(cause) for name in arguments):
+        return ""
+    shown = ", ".join(f"{name}={to_plain(value)!r}" for name, value in arguments.items())
+    return f" (its arguments: {shown[:300]})"
+
+
 def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
     """Build ``node`` (a config mapping with ``_target_``) with Hydra, naming ``key`` in any error.
 
@@ -54,7 +63,8 @@ def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
         if isinstance(cause, ConfigError):
             raise cause.under(key) from err
         if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(key, f"{target} rejected its arguments: {cause}") from err
+            raise ConfigError(key, f"{target} rejected its arguments: {cause}{_arguments_if_unnamed(node, cause)}"
+                              ) from err
         raise ConfigError(key, str(err).strip()) from err
 
 

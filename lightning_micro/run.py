@@ -13,14 +13,18 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from lightning_micro import report as reporting
-from lightning_micro.callbacks.technique import CompressionTechnique
+from lightning_micro.callbacks.interruption import InterruptionCheckpoint
+from lightning_micro.callbacks.technique import CompressionTechnique, check_same_techniques
+from lightning_micro.errors import RunInterrupted, held_logs
 from lightning_micro.export import export_compressed, load_compressed, save_compressed
 from lightning_micro.instantiate import ConfigError, instantiate, instantiate_each, to_plain
 from lightning_micro.models import ClassifierModule
+from lightning_micro.preflight import check_run_config, check_trains, read_checkpoint
 
 ARTIFACT_NAME = "model.safetensors"
 REPORT_NAME = "compression_report.json"
@@ -49,29 +53,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         ConfigError: a config value that cannot work, named by its key, before any training step.
     """
+    check_run_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if rank_zero_only.rank == 0:
         check_output_dir_is_free(output_dir)
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise ConfigError("ckpt_path", f"{ckpt_path!r} is not a checkpoint file (e.g. <run>/checkpoints/last.ckpt)")
-    L.seed_everything(cfg.seed, workers=True)
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path is not None else None
+    report_settings = cfg.get("report") or {}
 
-    datamodule = instantiate(cfg.data, "data")
-    module = instantiate(cfg.model, "model")
-    if not isinstance(module, ClassifierModule) or module.net_spec is None:
-        raise ConfigError("model", "must build a lightning_micro.models.ClassifierModule whose net is a config node")
-    if rank_zero_only.rank == 0:
-        datamodule.prepare_data()  # a missing dataset fails here, before loggers start or training begins
-    techniques = build_techniques(cfg.get("compression"), module)
-    callbacks = [*instantiate_each(cfg.get("callbacks"), "callbacks"), *techniques]
-    loggers: list[Logger] = instantiate_each(cfg.get("logger"), "logger")
-    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
-    check_composition(cfg.get("compression"), techniques, trainer, module)
+    with held_logs("lightning.pytorch", "lightning.fabric"):  # printed once the run is known to start
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data, "data")
+        module = instantiate(cfg.model, "model")
+        if not isinstance(module, ClassifierModule) or module.net_spec is None:
+            raise ConfigError("model", "must build a lightning_micro.models.ClassifierModule whose net is a config "
+                                       "node")
+        if rank_zero_only.rank == 0:
+            datamodule.prepare_data()  # a missing or damaged dataset fails here, before loggers start
+        techniques = build_techniques(cfg.get("compression"), module)
+        callbacks = [*instantiate_each(cfg.get("callbacks"), "callbacks"), *techniques]
+        loggers: list[Logger] = instantiate_each(cfg.get("logger"), "logger")
+        trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+        check_trains(trainer, bool(report_settings.get("allow_untrained", False)))
+        check_composition(cfg.get("compression"), techniques, trainer, module)
+        if checkpoint is not None:
+            check_resume(checkpoint, cfg.get("compression"), callbacks)
     for logger in loggers:
         logger.log_hyperparams(to_plain(cfg))
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit(trainer, module, datamodule, ckpt_path)
+    if trainer.global_step == 0 and not report_settings.get("allow_untrained", False):
+        raise ConfigError("trainer", "the fit made no optimizer step, so there is nothing to export (resumed from a "
+                                     "finished run?); set report.allow_untrained=true to export the network anyway")
     metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items()}
     trainer.test(module, datamodule=datamodule)  # the final weights: what the compression produced
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
@@ -85,6 +98,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.finish()
     return metrics
+
+
+def fit(trainer: L.Trainer, module: ClassifierModule, datamodule: Any, ckpt_path: str | None) -> None:
+    """``trainer.fit``, with an interruption (SIGTERM, Ctrl-C) turned into :class:`RunInterrupted` naming the
+    checkpoint that continues the run."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit as stop:  # Lightning raises SIGTERMException on SIGTERM, and exits(1) after a Ctrl-C
+        if not trainer.interrupted:
+            raise
+        signal_name, code = ("SIGTERM", 143) if isinstance(stop, SIGTERMException) else ("Ctrl-C", 130)
+        saved = [c.ckpt_path for c in trainer.callbacks
+                 if isinstance(c, InterruptionCheckpoint) and Path(c.ckpt_path).is_file()]
+        resume = (f"continue it with ckpt_path={saved[0]}" if saved else
+                  "no checkpoint was written (add callbacks=default or InterruptionCheckpoint to keep one)")
+        raise RunInterrupted(f"training stopped by {signal_name} at step {trainer.global_step} (epoch "
+                             f"{trainer.current_epoch}); nothing was exported; {resume}", code) from stop
+
+
+def check_resume(checkpoint: Mapping[str, Any], node: Any, callbacks: list[Any]) -> None:
+    """The checkpoint's compression list must be this run's: ``ckpt_path`` names both lists when it is not."""
+    try:
+        check_same_techniques(checkpoint, callbacks)
+    except ValueError as err:
+        names = ", ".join(str(name) for name in (node or {}))
+        raise ConfigError("ckpt_path", f"{err} (this run: compression=[{names}])") from err
 
 
 def build_techniques(node: Any, module: ClassifierModule) -> list[Any]:
@@ -104,12 +143,12 @@ def build_techniques(node: Any, module: ClassifierModule) -> list[Any]:
 
 def check_composition(node: Any, techniques: list[CompressionTechnique], trainer: L.Trainer,
                       module: ClassifierModule) -> None:
-    """Every technique's pairing with the others, checked before loggers start (each technique checks again in
-    its ``setup``): a combination that cannot work is a config error naming the technique's key."""
+    """Every technique's moments and pairing with the others, checked before loggers start (each technique checks
+    again in its ``setup``): a combination that cannot work is a config error naming the technique's key."""
     for name, technique in zip(node or {}, techniques, strict=True):
         try:
-            technique.check_composition(trainer, module, techniques)
-        except ValueError as err:
+            technique.check_run(trainer, module)
+        except (ValueError, TypeError) as err:
             raise ConfigError(f"compression.{name}", str(err)) from err
 
 

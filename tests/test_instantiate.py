@@ -35,7 +35,8 @@ def test_nested_config_errors_keep_the_full_key():
         "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": -1.0},
         "input_shape": [1, 8, 8],
     }
-    with pytest.raises(ConfigError, match=r"^model\.optimizer: Invalid learning rate: -1\.0"):
+    with pytest.raises(ConfigError, match=r"^model\.optimizer: torch\.optim\.SGD\(lr=-1\.0\) rejected its "
+                                          r"arguments: Invalid learning rate: -1\.0"):
         instantiate(node, "model")
 
 

@@ -81,13 +81,14 @@ def test_existing_run_outputs_are_never_overwritten(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "error", "message"),
     [
-        (["model.optimizer.lr=-0.1"], ConfigError, r"^model\.optimizer: Invalid learning rate: -0\.1"),
+        (["model.optimizer.lr=-0.1"], ConfigError,
+         r"^model\.optimizer: torch\.optim\.SGD\(lr=-0\.1, .*\) rejected its arguments: Invalid learning rate: -0\.1"),
         (["data=cifar10", "model=lenet300", "paths.data_dir=."], ConfigError,
          r"^model\.net: .*single-channel.*3 channels"),
         (["data=mnist", "paths.data_dir=/no/such/dir"], ConfigError, r"^data: .*data_dir '/no/such/dir' is not an"),
         (["+callbacks.early_stop.monitor=val/acc"], ConfigError, r"^callbacks\.early_stop: this node needs a _target_"),
         (["data=mnist", "model=lenet5", "model.net.num_classes=7"], ConfigError, r"^model\.net: .*expected \(2, 10\)"),
-        (["ckpt_path=/no/such.ckpt"], ConfigError, r"^ckpt_path: '/no/such.ckpt' is not a checkpoint file"),
+        (["ckpt_path=/no/such.ckpt"], ConfigError, r"^ckpt_path: /no/such.ckpt is not a file"),
     ],
 )
 def test_bad_input_fails_before_training(overrides, error, message, tmp_path):

@@ -18,7 +18,7 @@ from lightning_micro.callbacks.arguments import check_fraction as _check_fractio
 from lightning_micro.callbacks.arguments import check_when as _check_when
 from lightning_micro.callbacks.arguments import follow_selection
 from lightning_micro.callbacks.technique import CompressionTechnique
-from lightning_micro.core.masks import apply_masks_, magnitude_masks
+from lightning_micro.core.masks import apply_masks_, floor_count, magnitude_masks
 from lightning_micro.core.schedules import SPARSITY_SCHEDULES
 from lightning_micro.core.selection import check_pattern, name_matches, select_parameters
 from lightning_micro.report import sparsity as measured_sparsity
@@ -58,6 +58,9 @@ class GradualMagnitudePruning(CompressionTechnique):
         update_every: optimizer steps between mask updates (>= 1).
         schedule: ``cubic``, ``linear`` or ``one_shot``.
         scope: ``global`` ranks all selected weights together, ``layerwise`` prunes each tensor to the target.
+        min_layer_density: under ``global``, the fraction of each tensor's weights that is always kept (at least
+            one weight; ``0`` turns the floor off): global ranking can otherwise prune a small layer whole and
+            leave a dead network. Tensors held at their floor are reported (``gmp/floored_tensors``).
         include: name patterns (glob, or regex with ``re:``) of parameters to prune, relative to the network.
         exclude: name patterns to leave dense.
         module_types: class names of the modules whose ``weight`` is pruned (never biases or norms).
@@ -88,6 +91,7 @@ class GradualMagnitudePruning(CompressionTechnique):
         update_every: int = 25,
         schedule: str = "cubic",
         scope: str = "global",
+        min_layer_density: float = 0.01,
         include: Sequence[str] = ("*",),
         exclude: Sequence[str] = (),
         module_types: Sequence[str] = DEFAULT_MODULE_TYPES,
@@ -114,6 +118,7 @@ class GradualMagnitudePruning(CompressionTechnique):
         if scope not in ("global", "layerwise"):
             raise ValueError(f"scope must be 'global' or 'layerwise', got {scope!r}")
         self.scope = scope
+        self.min_layer_density = _check_fraction("min_layer_density", min_layer_density)
         self.include = [str(p) for p in ([include] if isinstance(include, str) else include)]
         self.exclude = [str(p) for p in ([exclude] if isinstance(exclude, str) else exclude)]
         if not self.include:
@@ -295,7 +300,7 @@ class GradualMagnitudePruning(CompressionTechnique):
         self.target = self.target_at(step)
         targets = {n: self.target_at(step, final) for n, final in self.alone_finals.items()}
         weights = dict(zip(self.names, self._params, strict=True))
-        masks = magnitude_masks(weights, self.target, self.scope, targets)
+        masks = magnitude_masks(weights, self.target, self.scope, targets, self.min_layer_density)
         masks = trainer.strategy.broadcast(masks, src=0)  # identical on every rank, whatever the arithmetic
         self.masks = {n: m.to(self._params[i].device) for i, (n, m) in enumerate(masks.items())}
         self.last_update_step = step
@@ -348,7 +353,22 @@ class GradualMagnitudePruning(CompressionTechnique):
     def report_fields(self, net: nn.Module) -> dict[str, float | int | str]:
         """Adds the schedule's last target and the selected weights' measured sparsity to the report."""
         return {"gmp/target_sparsity": self.target, "gmp/pruned_sparsity": self.pruned_fraction(),
-                "gmp/tensors": len(self.names)}
+                "gmp/tensors": len(self.names), "gmp/min_layer_density": self.min_layer_density,
+                "gmp/floored_tensors": ", ".join(self.floored_tensors()) or "none"}
+
+    def floored_tensors(self) -> list[str]:
+        """Tensors that global pruning holds at their floor (``min_layer_density``): without it they would be
+        pruned further, perhaps whole."""
+        if self.scope != "global" or not self.min_layer_density:
+            return []
+        floored = []
+        for name, param in zip(self.names, self._params, strict=True):
+            if name in self.alone_finals:
+                continue
+            kept = int(torch.count_nonzero(param.detach()))
+            if kept <= floor_count(param.numel(), self.min_layer_density):
+                floored.append(name)
+        return floored
 
     @override
     def export_codecs(self, net: nn.Module) -> dict[str, str]:

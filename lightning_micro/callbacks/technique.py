@@ -31,6 +31,29 @@ from lightning_micro.core.schedules import STEP_PREFIX, step_of
 
 When = int | float | str
 
+TECHNIQUES_KEY = "lightning_micro/techniques"  # the run's compression list, by technique, in checkpoints
+
+
+def technique_list(callbacks: list[Any]) -> list[str]:
+    """The compression techniques among ``callbacks``, by name, in order."""
+    return [c.technique for c in callbacks if isinstance(c, CompressionTechnique)]
+
+
+def check_same_techniques(checkpoint: Mapping[str, Any], callbacks: list[Any]) -> None:
+    """Refuse to resume a checkpoint into a run whose compression list differs from the one that wrote it: the
+    state of a technique that is dropped (masks, observer ranges) would be lost, one that is added would start
+    from a network it did not see. Checkpoints written before the list was recorded are not checked.
+
+    Raises:
+        ValueError: naming both lists.
+    """
+    saved = checkpoint.get(TECHNIQUES_KEY)
+    current = technique_list(callbacks)
+    if saved is not None and list(saved) != current:
+        raise ValueError(f"the checkpoint was written by a run compressing with {list(saved)}, but this run has "
+                         f"{current}; resuming would lose or invent compression state (masks, observer ranges, "
+                         "swapped layers). Resume with the same compression list, or start a new run")
+
 
 class CompressionTechnique(Callback):
     """Base class of the compression callbacks.
@@ -131,6 +154,12 @@ class CompressionTechnique(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self.check_run(trainer, pl_module)
+
+    def check_run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Everything this technique checks against the run before the first step: the contract when it changes
+        structure, its moments against the run's length, its pairing with the other techniques. Called in
+        ``setup``, and by ``train.py`` before loggers start (raises ``ValueError`` or ``TypeError``)."""
         if self.changes_structure:
             require_contract(pl_module, self.technique)
         self._check_whens(trainer)
@@ -148,6 +177,12 @@ class CompressionTechnique(Callback):
         # user's on_save_checkpoint forgets to call super().
         if isinstance(pl_module, Compressible):
             checkpoint[TRANSFORMS_KEY] = [dict(entry) for entry in pl_module.transforms]
+        checkpoint[TECHNIQUES_KEY] = technique_list(trainer.callbacks)
+
+    @override
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+                           ) -> None:
+        check_same_techniques(checkpoint, trainer.callbacks)
 
     # --- loss terms -----------------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ always prunes exactly ``round(sparsity * n)`` weights and is the same on every p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -26,12 +27,31 @@ def layerwise_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: Map
     }
 
 
-def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-    """All tensors pruned together: the ``sparsity`` fraction of smallest absolute values over their union."""
+def floor_count(numel: int, min_density: float) -> int:
+    """How many weights of a tensor of ``numel`` global pruning always keeps: ``min_density`` of them, at least
+    one (with ``min_density > 0``), so that no layer is cut off whole."""
+    return min(numel, max(1, math.ceil(min_density * numel))) if min_density > 0 else 0
+
+
+def global_magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float, min_density: float = 0.0
+                           ) -> dict[str, torch.Tensor]:
+    """All tensors pruned together: the ``sparsity`` fraction of smallest absolute values over their union.
+
+    Each tensor keeps at least its :func:`floor_count` largest weights (``min_density``), whatever the others hold:
+    global ranking can otherwise remove a whole small layer (a dead network). When the floors make the target
+    unreachable, as many weights as allowed are pruned."""
     if not weights:
         return {}
-    flat = torch.cat([w.detach().abs().reshape(-1) for w in weights.values()])
-    keep = _keep_largest(flat, int(round(sparsity * flat.numel())))
+    scores = []
+    for w in weights.values():
+        score = w.detach().abs().reshape(-1).clone()
+        floor = floor_count(score.numel(), min_density)
+        if floor:
+            score[torch.topk(score, floor, sorted=False).indices] = math.inf
+        scores.append(score)
+    flat = torch.cat(scores)
+    protected = int(torch.isinf(flat).sum())
+    keep = _keep_largest(flat, min(int(round(sparsity * flat.numel())), flat.numel() - protected))
     masks, offset = {}, 0
     for name, w in weights.items():
         masks[name] = keep[offset : offset + w.numel()].view_as(w)
@@ -44,13 +64,15 @@ def magnitude_masks(
     sparsity: float,
     scope: str = "global",
     overrides: Mapping[str, float] | None = None,
+    min_density: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Masks for ``weights`` at ``sparsity``: ``global`` ranks all weights together, ``layerwise`` each tensor
-    alone. Tensors named in ``overrides`` are pruned alone to their own sparsity either way."""
+    """Masks for ``weights`` at ``sparsity``: ``global`` ranks all weights together (each tensor keeping at least
+    ``min_density`` of its weights), ``layerwise`` each tensor alone. Tensors named in ``overrides`` are pruned
+    alone to their own sparsity either way."""
     overrides = dict(overrides or {})
     rest = {n: w for n, w in weights.items() if n not in overrides}
     if scope == "global":
-        masks = global_magnitude_masks(rest, sparsity)
+        masks = global_magnitude_masks(rest, sparsity, min_density)
     elif scope == "layerwise":
         masks = layerwise_magnitude_masks(rest, {n: sparsity for n in rest})
     else:

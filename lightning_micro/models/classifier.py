@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,22 @@ def _build(value: Any, key: str, partial_ok: bool = False) -> Any:
     if trusted is None:
         return instantiate(value, key)
     return build(to_plain(value), key, trusted, partial_ok=partial_ok)
+
+
+def _described(node: Any) -> str:
+    """``torch.optim.SGD(lr='fast')`` for a config node, to name what was rejected."""
+    if not isinstance(node, Mapping):
+        return "the optimizer factory"
+    arguments = ", ".join(f"{k}={v!r}" for k, v in node.items() if not str(k).startswith("_"))
+    return f"{node.get('_target_')}({arguments})"
+
+
+def _check_learning_rates(optimizer: torch.optim.Optimizer, key: str) -> None:
+    for group in optimizer.param_groups:
+        lr = group.get("lr")
+        lr = lr.item() if isinstance(lr, torch.Tensor) else lr
+        if isinstance(lr, (int, float)) and not (math.isfinite(lr) and lr >= 0):
+            raise ConfigError(key, f"gives the learning rate {lr}; it must be a finite number >= 0")
 
 
 class ClassifierModule(CompressionMixin, L.LightningModule):
@@ -100,10 +117,28 @@ class ClassifierModule(CompressionMixin, L.LightningModule):
         return dict(spec) if isinstance(spec, Mapping) else None
 
     def _check_optimizer(self) -> None:
+        """Build the optimizer and the scheduler once on a stand-in parameter and step the scheduler a few times:
+        an argument that cannot work (``lr=fast``, ``lr=nan``, ``T_max=0``) fails now, naming its key, instead of
+        at the first step or the first epoch's end."""
+        stand_in = nn.Parameter(torch.zeros(1))
         try:
-            self._optimizer_factory(self.net.parameters())
+            optimizer = self._optimizer_factory([stand_in])
         except (ValueError, TypeError) as err:
-            raise ConfigError("optimizer", str(err)) from err
+            raise ConfigError("optimizer", f"{_described(self.hparams.get('optimizer'))} rejected its arguments: "
+                                           f"{err}") from err
+        _check_learning_rates(optimizer, "optimizer")
+        if self._scheduler_factory is None:
+            return
+        try:
+            scheduler = self._scheduler_factory(optimizer)
+            plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+            for _ in range(3):
+                optimizer.step()
+                scheduler.step(0.0) if plateau else scheduler.step()
+                _check_learning_rates(optimizer, "scheduler")
+        except (ValueError, TypeError, ArithmeticError, KeyError, IndexError) as err:
+            raise ConfigError("scheduler", f"{_described(self.hparams.get('scheduler'))} fails on its first steps: "
+                                           f"{type(err).__name__}: {err}") from err
 
     def _check_shapes(self) -> None:
         was_training = self.net.training

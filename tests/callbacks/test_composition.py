@@ -133,7 +133,7 @@ def test_every_ordered_pair_works_or_is_refused_before_the_first_step(pair, tmp_
     trainer, module = fit(tmp_path, techniques)
     path = tmp_path / "model.safetensors"
     export_compressed(trainer, path)
-    deployed = load_compressed(path)
+    deployed = load_compressed(path, trusted=[SmallConvNet])  # the test's own network, trusted by the caller
     check_effects(pair, techniques, deployed)
     x = torch.randn(16, 1, 8, 8)
     with torch.no_grad():  # the artifact computes what the trained (finalized) network computes
@@ -163,7 +163,7 @@ def test_int8_prepared_after_a_swap_quantizes_the_new_layers_whatever_the_list_o
     late = [QuantizationAwareTraining(start=2), LowRankDecomposition(swap_at=1, rank=4, include=["conv2"])]
     trainer, _ = fit(tmp_path / "works", late)
     export_compressed(trainer, tmp_path / "works.safetensors")
-    check_effects(("qat8", "lowrank"), late, load_compressed(tmp_path / "works.safetensors"))
+    check_effects(("qat8", "lowrank"), late, load_compressed(tmp_path / "works.safetensors", trusted=[SmallConvNet]))
 
 
 def test_resume_in_the_middle_of_a_composition_matches_the_uninterrupted_run(tmp_path):

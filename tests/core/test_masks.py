@@ -55,3 +55,19 @@ def test_apply_masks_zeroes_in_place():
     masks = [torch.eye(3), torch.tensor([1.0, 0.0, 1.0, 0.0])]
     apply_masks_(tensors, masks)
     assert torch.equal(tensors[0], torch.eye(3)) and tensors[1].tolist() == [1, 0, 1, 0]
+
+
+def test_global_pruning_keeps_a_floor_of_every_tensor_and_never_removes_one_whole():
+    weights = {"big": torch.arange(1.0, 1001.0), "small": torch.full((50,), 1e-3)}  # small: all below big's
+    no_floor = global_magnitude_masks(weights, 0.9)
+    assert int(no_floor["small"].sum()) == 0  # ranked together, the small layer is pruned whole
+    floored = global_magnitude_masks(weights, 0.9, min_density=0.05)
+    assert int(floored["small"].sum()) == 3  # ceil(5% of 50)
+    assert int(sum(m.numel() - m.sum() for m in floored.values())) == round(0.9 * 1050)  # the target holds
+    assert int(global_magnitude_masks(weights, 0.9, min_density=1e-9)["small"].sum()) == 1  # at least one weight
+
+
+def test_floors_that_make_the_target_unreachable_prune_all_they_may():
+    weights = {"a": torch.ones(10), "b": torch.ones(10)}
+    masks = global_magnitude_masks(weights, 0.99, min_density=0.5)
+    assert [int(m.sum()) for m in masks.values()] == [5, 5]

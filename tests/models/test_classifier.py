@@ -15,7 +15,8 @@ SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
 
 
 def test_negative_learning_rate_fails_at_construction():
-    with pytest.raises(ConfigError, match=r"^optimizer: Invalid learning rate"):
+    with pytest.raises(ConfigError, match=r"^optimizer: torch\.optim\.SGD\(lr=-0\.1\) rejected its arguments: "
+                                          r"Invalid learning rate"):
         ClassifierModule(NET, {**SGD, "lr": -0.1}, input_shape=[1, 8, 8])
 
 
