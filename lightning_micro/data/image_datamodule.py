@@ -245,7 +245,7 @@ class ImageDataModule(L.LightningDataModule):
         """Batches of the current epoch trained on (the training step ran), by the trainer's count."""
         if self.trainer is None:
             return 0
-        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+        return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set)
