@@ -20,8 +20,12 @@ install: $(STAMP)
 train: install
 	$(PY) train.py $(ARGS)
 
+# The suite runs in one process per core (at most 4: each holds torch), a test file per worker so that a file's
+# shared fixtures run once; every test process and the runs they start use one thread (tests/conftest.py).
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
+
 test: install
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: install
 	$(PY) -m ruff check .

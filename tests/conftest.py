@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,6 +22,11 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 if "LM_DATA_DIR" not in os.environ and (SHARED_DATA / "MNIST" / "raw").is_dir():
     os.environ["LM_DATA_DIR"] = str(SHARED_DATA)
 os.environ.setdefault("WANDB_SILENT", "true")
+# One intra-op thread here and in every process a test starts (train.py, DDP ranks): on a 2-core machine two
+# threads per process oversubscribe the cores and made small networks' steps up to 50x slower. Results are
+# compared within a thread count, never against one recorded under another.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Keeps a test run short: one thread, tiny latency measurement, no progress bar, no W&B unless asked.
 FAST = [

@@ -225,21 +225,17 @@ def test_an_existing_run_dir_is_one_line_too(tmp_path, capfd):
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize(("args", "first_line"), [
-    (["compression.gmp.final_sparsity=1.5"], "Error: compression.gmp: lightning_micro.callbacks."
-                                             "GradualMagnitudePruning rejected its arguments: final_sparsity"),
-    (["compression=null"], "Error: compression: null is not an option of the compression group"),
-])
-def test_a_shell_sees_one_line_and_status_2_and_the_traceback_only_when_asked(args, first_line, tmp_path):
-    def run(extra_env: dict[str, str], run_dir: Path) -> subprocess.CompletedProcess:
-        import os
+def test_a_shell_sees_one_line_and_status_2_and_the_traceback_only_when_asked(tmp_path):
+    import os
 
-        return subprocess.run([sys.executable, "train.py", f"hydra.run.dir={run_dir}", *QUICK, *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, **extra_env})
+    def run(extra_env: dict[str, str], run_dir: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "train.py", f"hydra.run.dir={run_dir}", *QUICK,
+                               "compression.gmp.final_sparsity=1.5"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, **extra_env})
 
     plain = run({}, tmp_path / "a")
     assert plain.returncode == 2
-    assert plain.stderr.strip().splitlines() == [plain.stderr.strip()] and plain.stderr.startswith(first_line)
+    assert plain.stderr == ("Error: compression.gmp: lightning_micro.callbacks.GradualMagnitudePruning rejected its "
+                            "arguments: final_sparsity must be a number in [0, 1), got 1.5\n")
     full = run({"HYDRA_FULL_ERROR": "1"}, tmp_path / "b")
     assert full.returncode != 0 and "Traceback (most recent call last)" in full.stderr

@@ -77,3 +77,28 @@ def test_ddp_fit_on_two_cpu_processes(tmp_path):
     report = json.loads((run_dir / "compression_report.json").read_text())  # written once, by rank 0
     assert report["test/acc"] > 0.2
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_six_runs_started_together_on_one_fresh_data_folder_all_succeed(tmp_path):
+    # A parallel sweep's first minute: every run finds MNIST packed (.gz only) and unpacks it at once.
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, mnist_dir
+
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in (mnist_dir() / "MNIST" / "raw").glob("*.gz"):
+        shutil.copy(gz, raw / gz.name)
+    runs = [subprocess.Popen(
+        [sys.executable, "train.py", *QUICK, "logger=none", "data=mnist", f"data.data_dir={tmp_path / 'data'}",
+         "compression=[]", f"hydra.run.dir={tmp_path / f'run{i}'}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        for i in range(6)]
+    errors = [run.communicate(timeout=600)[1] for run in runs]
+    assert [run.returncode for run in runs] == [0] * 6, [e[-500:] for e in errors]
+    assert all((tmp_path / f"run{i}" / "model.safetensors").is_file() for i in range(6))
+    assert sorted(p.name for p in raw.iterdir() if not p.name.endswith(".gz")) == [
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
