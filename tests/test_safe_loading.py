@@ -62,6 +62,27 @@ def run_in(directory: Path, code: str) -> subprocess.CompletedProcess:
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def load_each_in_a_fresh_process(directory: Path, loader: str, paths: list[str], names: list[str]
+                                  ) -> dict[str, str]:
+    """Load every file with ``loader`` (code that binds ``load``) in one fresh process working in ``directory``:
+    ``{name: "LOADED"}`` or ``{name: "<error type> <first line of its message>"}``."""
+    code = (
+        f"{loader}\n"
+        "from lightning_micro.loading import UntrustedSpecError\n"
+        f"for name, path in zip({names!r}, {paths!r}):\n"
+        "    try:\n"
+        "        load(path)\n"
+        "        print(name, 'LOADED')\n"
+        "    except (UntrustedSpecError, TypeError) as err:\n"
+        "        print(name, type(err).__name__, str(err).splitlines()[0][:300])\n"
+    )
+    out = run_in(directory, code)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert set(lines) == set(names)
+    return lines
+
+
 @pytest.fixture
 def attack_dir(tmp_path):
     """A working directory with a planted module that creates ``pwned_on_import`` when imported."""
@@ -83,21 +104,8 @@ def test_no_payload_in_an_artifact_runs_code(attack_dir, tmp_path):
         write_artifact(tmp_path / f"{name}.safetensors", spec)
         names.append(name)
     before = {p.name for p in attack_dir.rglob("*")}
-    code = (
-        "import sys\n"
-        "from lightning_micro.export import load_compressed\n"
-        "from lightning_micro.loading import UntrustedSpecError\n"
-        f"for name in {names!r}:\n"
-        f"    try:\n"
-        f"        load_compressed({str(tmp_path)!r} + '/' + name + '.safetensors')\n"
-        "        print(name, 'LOADED')\n"
-        "    except (UntrustedSpecError, TypeError) as err:\n"
-        "        print(name, type(err).__name__, str(err).splitlines()[0][:300])\n"
-    )
-    out = run_in(attack_dir, code)
-    assert out.returncode == 0, out.stderr
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
-    assert set(lines) == set(names)
+    lines = load_each_in_a_fresh_process(attack_dir, "from lightning_micro.export import load_compressed as load",
+                                         [str(tmp_path / f"{name}.safetensors") for name in names], names)
     refused = {k: v for k, v in lines.items() if k != "interpolation"}
     assert all(v.startswith("UntrustedSpecError") for v in refused.values()), lines
     assert lines["interpolation"].startswith("TypeError")  # LeNet300 got the literal string; nothing resolved it
@@ -234,21 +242,10 @@ def test_load_from_checkpoint_never_runs_the_payloads(attack_dir, tmp_path):
         else:
             classifier_checkpoint(tmp_path / f"{name}.ckpt", spec)
     before = {p.name for p in attack_dir.rglob("*")}
-    code = (
-        "from lightning_micro.models import ClassifierModule\n"
-        "from lightning_micro.loading import UntrustedSpecError\n"
-        f"for name in {sorted(cases)!r}:\n"
-        "    try:\n"
-        f"        ClassifierModule.load_from_checkpoint({str(tmp_path)!r} + '/' + name + '.ckpt')\n"
-        "        print(name, 'LOADED')\n"
-        "    except (UntrustedSpecError, TypeError) as err:\n"
-        "        print(name, type(err).__name__)\n"
-    )
-    out = run_in(attack_dir, code)
-    assert out.returncode == 0, out.stderr
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
-    assert set(lines) == set(cases)
-    assert all(v.startswith("UntrustedSpecError") or (k == "interpolation" and v == "TypeError")
+    lines = load_each_in_a_fresh_process(
+        attack_dir, "from lightning_micro.models import ClassifierModule\nload = ClassifierModule.load_from_checkpoint",
+        [str(tmp_path / f"{name}.ckpt") for name in sorted(cases)], sorted(cases))
+    assert all(v.startswith("UntrustedSpecError") or (k == "interpolation" and v.startswith("TypeError"))
                for k, v in lines.items()), lines
     assert created_files(attack_dir, before) == set()
 
