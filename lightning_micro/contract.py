@@ -115,8 +115,9 @@ class CompressionMixin:
         from lightning_micro.callbacks.technique import TECHNIQUES_KEY, technique_list
 
         checkpoint[TRANSFORMS_KEY] = [dict(entry) for entry in self.transforms]
-        if self._fitting_trainer() is not None:  # a dense run records its empty list too
-            checkpoint[TECHNIQUES_KEY] = technique_list(self._fitting_trainer().callbacks)
+        trainer = self._fitting_trainer()
+        if trainer is not None:  # a dense run records its empty list too
+            checkpoint[TECHNIQUES_KEY] = technique_list(trainer.callbacks)
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -37,12 +37,23 @@ def _target_of(node: Any, key: str) -> str:
     return str(target)
 
 
+def node_arguments(node: Any) -> dict[str, Any]:
+    """A config node's arguments (its keys but ``_target_`` and Hydra's other ``_..._`` keys), as plain values."""
+    return {str(k): to_plain(v) for k, v in node.items() if not str(k).startswith("_")}
+
+
+def described(node: Any) -> str:
+    """``torch.optim.SGD(lr='fast')``: a config node as the call it stands for, to name what was rejected."""
+    shown = ", ".join(f"{name}={value!r}" for name, value in node_arguments(node).items())
+    return f"{node.get('_target_')}({shown[:300]})"
+
+
 def _arguments_if_unnamed(node: Any, cause: BaseException) -> str:
     """The node's arguments, when the constructor's message names none of them (``'<' not supported ...``)."""
-    arguments = {str(k): v for k, v in node.items() if not str(k).startswith("_")}
+    arguments = node_arguments(node)
     if any(name in str(cause) for name in arguments):
         return ""
-    shown = ", ".join(f"{name}={to_plain(value)!r}" for name, value in arguments.items())
+    shown = ", ".join(f"{name}={value!r}" for name, value in arguments.items())
     return f" (its arguments: {shown[:300]})"
 
 

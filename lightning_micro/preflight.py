@@ -25,11 +25,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_positive_ints(key: str, values: Any) -> list[int]:
+def check_batch_sizes(key: str, values: Any) -> None:
     if not isinstance(values, (list, tuple, ListConfig)) or not values or not all(_is_int(v) and v >= 1
                                                                                   for v in values):
         raise ConfigError(key, f"must be a non-empty list of batch sizes >= 1, got {_shown(values)}")
-    return [int(v) for v in values]
 
 
 def _shown(value: Any) -> str:
@@ -42,7 +41,8 @@ def _shown(value: Any) -> str:
 
 def check_run_config(cfg: DictConfig) -> None:
     """The run's own plain values (those no constructor checks): ``seed``, ``ckpt_path``, ``optimized_metric``,
-    ``compression`` (a mapping of techniques) and ``report.*``."""
+    ``compression`` (a mapping of techniques), ``report.*``, and a trainer that would make no optimizer step
+    (``max_epochs``, ``max_steps`` or ``limit_train_batches`` 0) unless ``report.allow_untrained``."""
     seed = cfg.get("seed")
     if not _is_int(seed) or not 0 <= seed < 2**32:
         raise ConfigError("seed", f"must be an integer in [0, 2**32), got {_shown(seed)}")
@@ -68,7 +68,7 @@ def check_run_config(cfg: DictConfig) -> None:
     unknown = sorted(set(report) - allowed)
     if unknown:
         raise ConfigError(f"report.{unknown[0]}", f"is not a report setting; the settings are {sorted(allowed)}")
-    check_positive_ints("report.latency_batch_sizes", report.get("latency_batch_sizes", [1, 64]))
+    check_batch_sizes("report.latency_batch_sizes", report.get("latency_batch_sizes", [1, 64]))
     threads = report.get("latency_threads", 1)
     if not _is_int(threads) or threads < 1:
         raise ConfigError("report.latency_threads", f"must be an integer >= 1, got {_shown(threads)}")
@@ -78,16 +78,6 @@ def check_run_config(cfg: DictConfig) -> None:
         raise ConfigError("report.latency_min_run_time", f"must be a number of seconds > 0, got {_shown(run_time)}")
     if not isinstance(report.get("allow_untrained", False), bool):
         raise ConfigError("report.allow_untrained", f"must be true or false, got {_shown(report.allow_untrained)}")
-
-
-def check_trains(trainer: Any, allow_untrained: bool) -> None:
-    """Refuse a run that would make no optimizer step (and so export an untrained network) unless asked."""
-    if allow_untrained:
-        return
-    for key, value in (("trainer.max_epochs", trainer.max_epochs), ("trainer.max_steps", trainer.max_steps),
-                       ("trainer.limit_train_batches", trainer.limit_train_batches)):
-        if value == 0:
-            raise ConfigError(key, UNTRAINED)
 
 
 def read_checkpoint(path: str) -> dict[str, Any]:

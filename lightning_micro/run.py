@@ -24,7 +24,7 @@ from lightning_micro.errors import RunInterrupted, held_logs
 from lightning_micro.export import export_compressed, load_compressed, save_compressed
 from lightning_micro.instantiate import ConfigError, instantiate, instantiate_each, to_plain
 from lightning_micro.models import ClassifierModule
-from lightning_micro.preflight import check_run_config, check_trains, read_checkpoint
+from lightning_micro.preflight import check_run_config, read_checkpoint
 
 ARTIFACT_NAME = "model.safetensors"
 REPORT_NAME = "compression_report.json"
@@ -74,7 +74,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks = [*instantiate_each(cfg.get("callbacks"), "callbacks"), *techniques]
         loggers: list[Logger] = instantiate_each(cfg.get("logger"), "logger")
         trainer: L.Trainer = instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
-        check_trains(trainer, bool(report_settings.get("allow_untrained", False)))
         check_composition(cfg.get("compression"), techniques, trainer, module)
         if checkpoint is not None:
             check_resume(checkpoint, cfg.get("compression"), callbacks)

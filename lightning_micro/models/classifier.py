@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_micro.contract import TRANSFORMS_KEY, CompressionMixin
-from lightning_micro.instantiate import ConfigError, instantiate, to_plain
+from lightning_micro.instantiate import ConfigError, described, instantiate, to_plain
 from lightning_micro.loading import build, file_trust
 
 __all__ = ["TRANSFORMS_KEY", "ClassifierModule"]
@@ -31,12 +31,8 @@ def _build(value: Any, key: str, partial_ok: bool = False) -> Any:
     return build(to_plain(value), key, trusted, partial_ok=partial_ok)
 
 
-def _described(node: Any) -> str:
-    """``torch.optim.SGD(lr='fast')`` for a config node, to name what was rejected."""
-    if not isinstance(node, Mapping):
-        return "the optimizer factory"
-    arguments = ", ".join(f"{k}={v!r}" for k, v in node.items() if not str(k).startswith("_"))
-    return f"{node.get('_target_')}({arguments})"
+def _described(node: Any, key: str) -> str:
+    return described(node) if isinstance(node, Mapping) else f"the {key} factory"
 
 
 def _check_learning_rates(optimizer: torch.optim.Optimizer, key: str) -> None:
@@ -124,8 +120,8 @@ class ClassifierModule(CompressionMixin, L.LightningModule):
         try:
             optimizer = self._optimizer_factory([stand_in])
         except (ValueError, TypeError) as err:
-            raise ConfigError("optimizer", f"{_described(self.hparams.get('optimizer'))} rejected its arguments: "
-                                           f"{err}") from err
+            raise ConfigError("optimizer", f"{_described(self.hparams.get('optimizer'), 'optimizer')} rejected its "
+                                           f"arguments: {err}") from err
         _check_learning_rates(optimizer, "optimizer")
         if self._scheduler_factory is None:
             return
@@ -136,9 +132,11 @@ class ClassifierModule(CompressionMixin, L.LightningModule):
                 optimizer.step()
                 scheduler.step(0.0) if plateau else scheduler.step()
                 _check_learning_rates(optimizer, "scheduler")
+        except ConfigError:
+            raise
         except (ValueError, TypeError, ArithmeticError, KeyError, IndexError) as err:
-            raise ConfigError("scheduler", f"{_described(self.hparams.get('scheduler'))} fails on its first steps: "
-                                           f"{type(err).__name__}: {err}") from err
+            raise ConfigError("scheduler", f"{_described(self.hparams.get('scheduler'), 'scheduler')} fails on its "
+                                           f"first steps: {type(err).__name__}: {err}") from err
 
     def _check_shapes(self) -> None:
         was_training = self.net.training
