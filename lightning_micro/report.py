@@ -188,6 +188,7 @@ def build_report(
     ``dense_net`` (the same architecture, uncompressed; its fp32 export at ``dense_path``)."""
     report: dict[str, ReportValue] = {k: float(v) for k, v in (metrics or {}).items()}
     report.update(parameter_counts(net))
+    report["params/dense_total"] = parameter_counts(dense_net)["params/total"]
     report.update(sparsity(net))
     dense_bytes = Path(dense_path).stat().st_size
     artifact_bytes = Path(artifact_path).stat().st_size

@@ -134,7 +134,7 @@ def build_techniques(node: Any, module: ClassifierModule) -> list[Any]:
             raise ConfigError(f"compression.{name}", f"{type(technique).__name__} is not a compression technique "
                               "(a subclass of lightning_micro.callbacks.CompressionTechnique)")
         try:
-            technique.check_model(module.compressed_net)
+            technique.check_model(module.compressed_net, getattr(module, "example_input_array", None))
         except ValueError as err:
             raise ConfigError(f"compression.{name}", str(err)) from err
     return techniques

@@ -10,8 +10,9 @@ from lightning_micro.callbacks.interruption import InterruptionCheckpoint
 from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.callbacks.low_rank_decomposition import LowRankDecomposition
 from lightning_micro.callbacks.quantization_aware_training import QuantizationAwareTraining
+from lightning_micro.callbacks.structured_pruning import StructuredPruning
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.callbacks.tt_layer_swap import TTLayerSwap
 
 __all__ = ["CompressionTechnique", "DivergenceGuard", "GradualMagnitudePruning", "InterruptionCheckpoint", "LayerSwap",
-           "LowRankDecomposition", "QuantizationAwareTraining", "TTLayerSwap"]
+           "LowRankDecomposition", "QuantizationAwareTraining", "StructuredPruning", "TTLayerSwap"]

@@ -164,7 +164,7 @@ class GradualMagnitudePruning(CompressionTechnique):
     # --- selection -------------------------------------------------------------------------------------------
 
     @override
-    def check_model(self, net: nn.Module) -> None:
+    def check_model(self, net: nn.Module, example_input: torch.Tensor | None = None) -> None:
         """Resolve the selection on ``net``; raise ``ValueError`` naming the argument when a pattern matches
         nothing. The run calls this before training starts."""
         candidates = select_parameters(net, ["*"], [], self.module_types)

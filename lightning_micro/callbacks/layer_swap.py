@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+import torch
 from torch import nn
 from typing_extensions import override
 
@@ -38,6 +39,7 @@ class LayerSwap(CompressionTechnique):
     transform: str = ""  # the registered transform that swaps the layers
     when_arguments = ("swap_at",)
     changes_structure = True
+    structure_change_at = "swap_at"
     int8_traceable = True  # whether torch.ao's int8 graph mode can quantize the layers swapped in
 
     def __init__(self, swap_at: int | float | str, include: Sequence[str], exclude: Sequence[str],
@@ -64,7 +66,7 @@ class LayerSwap(CompressionTechnique):
     # --- selection -----------------------------------------------------------------------------------------
 
     @override
-    def check_model(self, net: nn.Module) -> None:
+    def check_model(self, net: nn.Module, example_input: torch.Tensor | None = None) -> None:
         """Resolve the layers to swap and check that every one of them can be swapped as configured."""
         self.layers = select_layers(net, self.include, self.exclude, self.module_types, self.technique, self.takes)
         for name in self.layers:

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+import torch
 from torch import nn
 from typing_extensions import override
 
@@ -56,7 +57,6 @@ class Int8Scheme:
 
     def check_composition(self, qat: QuantizationAwareTraining, trainer: L.Trainer, pl_module: L.LightningModule,
                           techniques: list[CompressionTechnique]) -> None:
-        from lightning_micro.callbacks.layer_swap import LayerSwap
 
         if not getattr(pl_module, "compressed_net_name", ""):
             raise ValueError(f"int8 quantization traces the network and replaces it by an integer graph, which "
@@ -64,21 +64,22 @@ class Int8Scheme:
                              "compressed_net_name to the attribute that holds the network (e.g. 'net')")
         start = qat.fraction_at("start", trainer)
         for other in techniques:
-            if not isinstance(other, LayerSwap):
+            moment = other.structure_change_at
+            if other is qat or moment is None:
                 continue
-            if not other.int8_traceable:
+            if not getattr(other, "int8_traceable", True):
                 raise ValueError(f"int8 QAT cannot take {other.technique}'s layers: torch.ao's graph mode cannot "
                                  f"express their contraction. Quantize them with low-bit weights instead "
                                  f"(weight_bits: 4 or 8, activation_bits: 32), which trains and stores them as "
                                  f"integer codes")
-            swap = other.fraction_at("swap_at", trainer)
-            if start is None or swap is None:  # known in setup, where this is checked again
+            change = other.fraction_at(moment, trainer)
+            if start is None or change is None:  # known in setup, where this is checked again
                 continue
-            if swap > start or (swap == start and techniques.index(other) > techniques.index(qat)):
+            if change > start or (change == start and techniques.index(other) > techniques.index(qat)):
                 raise ValueError(f"int8 QAT traces the network at start={qat.start!r}, before {other.technique} "
-                                 f"swaps layers at swap_at={other.swap_at!r}: a traced int8 graph cannot take new "
-                                 f"layers. Swap first: list {other.technique} before QAT in compression=[...] with "
-                                 "swap_at <= start")
+                                 f"changes it at {moment}={getattr(other, moment)!r}: a traced int8 graph cannot "
+                                 f"take new layers or shapes. Change it first: list {other.technique} before QAT "
+                                 f"in compression=[...] with {moment} <= start")
 
     def quantize_new_layers(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> None:
         raise ValueError("the network changed after int8 QAT traced it; a traced graph cannot take new layers")
@@ -252,7 +253,7 @@ class QuantizationAwareTraining(CompressionTechnique):
     # --- selection -------------------------------------------------------------------------------------------
 
     @override
-    def check_model(self, net: nn.Module) -> None:
+    def check_model(self, net: nn.Module, example_input: torch.Tensor | None = None) -> None:
         """Resolve which layers are quantized; raise ``ValueError`` naming the argument when a pattern matches
         no layer, or only layers of a type this mode cannot quantize."""
         self.selected_at_start = select_layers(net, self.include, self.exclude, self.module_types,

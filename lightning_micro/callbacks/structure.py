@@ -8,7 +8,8 @@ parameters when the fit is under way (:func:`transform_during_fit`), then tells 
 :func:`transform_during_fit` rebuilds the optimizers and their schedulers (through ``configure_optimizers``, as
 Lightning does at the start of fit, so a resumed run builds the same ones) and the DDP wrapper. Optimizer state
 (momentum, Adam moments) and per-group hyper-parameters carry over to the parameters that keep their name and
-shape; schedulers keep their position.
+shape, or that a transform slices (:data:`~lightning_micro.core.transforms.PARAMETER_SLICES`: channel removal),
+sliced the same way; schedulers keep their position.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lightning_micro.callbacks.technique import CompressionTechnique
+from lightning_micro.core import transforms
 
 
 def change_structure(trainer: L.Trainer, pl_module: L.LightningModule, transform: str, during_fit: bool,
@@ -50,6 +52,12 @@ def transform_during_fit(trainer: L.Trainer, pl_module: L.LightningModule, trans
                 old_state[names[id(param)]] = (tuple(param.shape), state)
         old_groups.append([{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups])
     old_schedulers = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+    slicer = transforms.PARAMETER_SLICES.get(transform)
+    if slicer is not None:  # parameters keep their names but lose rows or columns: so does their state
+        prefix = f"{pl_module.compressed_net_name}." if pl_module.compressed_net_name else ""
+        cuts = {prefix + name: dims for name, dims in slicer(pl_module.compressed_net, **args).items()}
+        old_state = {name: (_sliced_shape(shape, cuts[name]), _slice_state(state, shape, cuts[name]))
+                     if name in cuts else (shape, state) for name, (shape, state) in old_state.items()}
 
     pl_module.apply_transform(transform, **args)
     pl_module.to(trainer.strategy.root_device)
@@ -68,6 +76,27 @@ def transform_during_fit(trainer: L.Trainer, pl_module: L.LightningModule, trans
                 optimizer.state[param] = carried[1]
     for config, state in zip(trainer.lr_scheduler_configs, old_schedulers, strict=False):
         config.scheduler.load_state_dict(state)
+
+
+def _sliced_shape(shape: tuple[int, ...], cuts: list[tuple[int, list[int]]]) -> tuple[int, ...]:
+    sizes = list(shape)
+    for dim, kept in cuts:
+        sizes[dim] = len(kept)
+    return tuple(sizes)
+
+
+def _slice_state(state: dict[str, Any], shape: tuple[int, ...], cuts: list[tuple[int, list[int]]]
+                 ) -> dict[str, Any]:
+    """A parameter's optimizer state with every tensor shaped like the parameter sliced as the parameter is
+    (scalars such as Adam's step count stay)."""
+    sliced = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and tuple(value.shape) == shape:
+            for dim, kept in cuts:
+                value = value.index_select(dim, torch.tensor(kept, dtype=torch.long, device=value.device))
+            value = value.contiguous()
+        sliced[key] = value
+    return sliced
 
 
 def _owns(optimizer: torch.optim.Optimizer, param: torch.nn.Parameter) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+import torch
 from torch import nn
 from typing_extensions import override
 
@@ -65,6 +66,9 @@ class CompressionTechnique(Callback):
     technique: str = "CompressionTechnique"
     when_arguments: tuple[str, ...] = ()
     changes_structure: bool = False  # needs the compression contract (a record replayed before weights load)
+    # The "when" argument at which the technique changes the network's structure mid-run (swaps layers, removes
+    # channels), if it does: int8 QAT, which traces the network once, must come after it.
+    structure_change_at: str | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,8 +77,9 @@ class CompressionTechnique(Callback):
 
     # --- extension hooks, declared ------------------------------------------------------------------------------
 
-    def check_model(self, net: nn.Module) -> None:
-        """Resolve the selection on ``net``; raise ``ValueError`` naming the argument when it cannot work."""
+    def check_model(self, net: nn.Module, example_input: torch.Tensor | None = None) -> None:
+        """Resolve the selection on ``net`` (``example_input``: one batch of its input, for techniques that trace
+        it); raise ``ValueError`` naming the argument when it cannot work."""
 
     def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
                           techniques: list[CompressionTechnique]) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 from torch import nn
 
 from lightning_micro.core import int8_backend
+from lightning_micro.core.channels import remove_channels, tensor_slices
 from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
 from lightning_micro.core.quantized_tt import to_low_bit_tt  # also registers TTLinear in FAKE_QUANT_TYPES
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WeightQuantSpec, to_low_bit
@@ -108,6 +109,11 @@ def _low_rank_swap(net: nn.Module, layers: Sequence[Mapping[str, Any]], initiali
     return net
 
 
+def _channel_prune(net: nn.Module, layers: Mapping[str, Mapping[str, Sequence[int]]]) -> nn.Module:
+    # layers: {module name: {"out": kept indices, "in": kept indices}} (lightning_micro.core.channels)
+    return remove_channels(net, layers)
+
+
 TRANSFORMS: dict[str, Callable[..., nn.Module]] = {
     "weight_fake_quant": _weight_fake_quant,  # low-bit weights trained with a straight-through estimator
     "weight_low_bit": _weight_low_bit,  # ...and stored as integer codes, run as decoded float weights
@@ -115,6 +121,14 @@ TRANSFORMS: dict[str, Callable[..., nn.Module]] = {
     "int8_convert": _int8_convert,  # torch.ao FX: the integer network
     "tt_swap": _tt_swap,  # Linear -> TTLinear (TT-SVD of the trained weight)
     "low_rank_swap": _low_rank_swap,  # Linear -> SVD pair, Conv2d -> Tucker-2 or CP chain
+    "channel_prune": _channel_prune,  # channels removed: a thinner dense network
+}
+
+# Transforms that keep parameters but slice them: ``function(net, **args) -> {tensor name: [(dim, kept indices)]}``
+# on the network before the transform, so that an optimizer's state (momentum, Adam moments) follows the
+# parameters instead of starting over.
+PARAMETER_SLICES: dict[str, Callable[..., dict[str, list[tuple[int, list[int]]]]]] = {
+    "channel_prune": lambda net, layers: tensor_slices(net, layers),
 }
 
 # Transforms whose function computes initial values (a decomposition) take ``initialize``: a replay passes

@@ -64,7 +64,7 @@ TECHNIQUES = {
 REFUSED = {
     ("qat8", "tt"): "int8 QAT cannot take TTLayerSwap's layers: torch.ao's graph mode cannot express",
     ("tt", "qat8"): "int8 QAT cannot take TTLayerSwap's layers: torch.ao's graph mode cannot express",
-    ("qat8", "lowrank"): "int8 QAT traces the network at start=1, before LowRankDecomposition swaps layers",
+    ("qat8", "lowrank"): "int8 QAT traces the network at start=1, before LowRankDecomposition changes it at swap_at",
     ("qat8", "qat4"): "one QuantizationAwareTraining per run: a network is quantized once",
     ("qat4", "qat8"): "one QuantizationAwareTraining per run: a network is quantized once",
 }

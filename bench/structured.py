@@ -1,0 +1,119 @@
+"""Structured pruning recipes against the dense recipes of the same models, trained in the same bench.
+
+    LM_DATA_DIR=../shared/data python bench/structured.py [--configs ...] [--seeds 42] [--jobs 2]
+    python bench/structured.py --speed [--rounds 9]      # after the runs: batch-64 latencies re-measured together
+
+Trains each recipe through the real command line (one thread per job; each structured recipe runs as many epochs
+as its model's dense recipe) and writes bench/results/structured.json: per recipe the report's measured fields
+(test accuracy, parameters, MACs per image counted by running the dense and the reloaded network, latency of the
+reloaded artifact against the dense fp32 network measured side by side in the run's process, kept channels per
+group) and the figures the issue sets bars on: MACs removed (%), accuracy against the dense recipe of the same
+model and seed (points), speed-up at batch 64.
+
+--speed loads every run's artifact again (``load_compressed``) and measures each model's dense and structured
+networks in one process, interleaved rounds of ``torch.utils.benchmark`` medians, batch 64 and 1, one thread:
+bench/results/structured_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+from common import RESULTS, ROOT, run_recipes, write
+
+CONFIGS = {
+    "resnet20_dense": ["experiment=baseline_resnet20_mnist"],
+    "resnet20_structured": ["experiment=structured_resnet20"],
+    "mobilenet_dense": ["experiment=baseline_mobilenet_mnist"],
+    "mobilenet_structured": ["experiment=structured_mobilenet"],
+    "lenet5_dense": ["experiment=baseline_lenet5_mnist"],
+    "lenet5_structured": ["experiment=structured_lenet5"],
+    # the same schedule with kept channels rounded to multiples of 8 (8-16-176): fewer channels removed
+    "lenet5_structured_r8": ["experiment=structured_lenet5", "compression.structured.channel_ratio=0.65",
+                             "compression.structured.round_to=8"],
+    "lenet5_structured_int8": ["experiment=structured_int8_lenet5"],
+}
+# The issue's bars: figure -> threshold (every figure is "at least").
+BARS = {
+    "lenet5_structured": {"macs_removed_pct": 75.0, "delta_vs_dense_pp": -0.1, "speedup_b64": 3.0},
+    "lenet5_structured_int8": {"speedup_b64": 8.0, "delta_vs_dense_pp": -0.2},
+    "resnet20_structured": {"macs_removed_pct": 75.0, "delta_vs_dense_pp": -0.2, "speedup_b64": 2.5},
+    "mobilenet_structured": {"macs_removed_pct": 50.0, "delta_vs_dense_pp": -0.3},
+}
+REPORT_KEYS = ("test/acc", "params/total", "params/dense_total", "size/artifact_bytes", "size/dense_bytes",
+               "size/ratio", "macs/dense", "macs/effective", "latency/ms_b1", "latency/ms_b64",
+               "latency/dense_ms_b1", "latency/dense_ms_b64", "latency/speedup_b1", "latency/speedup_b64",
+               "structured/kept_fraction", "quant/weight_bits", "quant/activation_bits")
+
+
+def speed(rounds: int) -> None:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from lightning_micro.export import load_compressed
+    from lightning_micro.report import measure_latency_ms
+
+    results = json.loads((RESULTS / "structured.json").read_text())["results"]
+    measured = {}
+    for model in ("lenet5", "resnet20", "mobilenet"):
+        names = [n for n in results if n.startswith(model + "_")]
+        nets = {n: load_compressed(ROOT / results[n]["runs"][0]["run_dir"] / "model.safetensors") for n in names}
+        for batch in (64, 1):
+            per_round = [measure_latency_ms(nets, [1, 28, 28], batch, num_threads=1, min_run_time=0.3, rounds=1)
+                         for _ in range(rounds)]
+            ms = {n: statistics.median(r[n] for r in per_round) for n in nets}
+            dense = ms[f"{model}_dense"]
+            measured.setdefault(model, {})[f"b{batch}"] = {"ms": ms, "speedup_vs_dense": {n: dense / v
+                                                                                          for n, v in ms.items()}}
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    write(RESULTS / "structured_speed.json", {
+        "benchmark": "forward of each run's reloaded artifact, CPU, 1 thread, no gradients, median of interleaved "
+                     "rounds of torch.utils.benchmark medians", "cpu": cpu, "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rounds": rounds, "results": measured})
+
+
+def figures_of(name: str, results: dict) -> dict:
+    result = results[name]
+    first = result["runs"][0]
+    figures = {"test_acc": result["test_acc_mean"], "speedup_b64": first.get("latency/speedup_b64"),
+               "macs_removed_pct": 100 * (1 - first["macs/effective"] / first["macs/dense"])}
+    dense = results.get(name.split("_")[0] + "_dense")
+    if dense and dense is not result:
+        seeds = {r["seed"] for r in result["runs"]} & {r["seed"] for r in dense["runs"]}
+        mine = statistics.mean(r["test/acc"] for r in result["runs"] if r["seed"] in seeds)
+        theirs = statistics.mean(r["test/acc"] for r in dense["runs"] if r["seed"] in seeds)
+        figures["delta_vs_dense_pp"] = 100 * (mine - theirs)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "structured.json")
+    parser.add_argument("--speed", action="store_true", help="re-measure latencies from the runs' artifacts")
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    if args.speed:
+        speed(args.rounds)
+        return
+    results = run_recipes("struct", CONFIGS, args.configs, args.seeds, args.jobs, REPORT_KEYS, args.out)
+    for name, result in results.items():
+        result["figures"] = figures_of(name, results)
+        if name in BARS:
+            result["bars"] = {key: {"bar": bar, "measured": result["figures"].get(key),
+                                    "met": result["figures"].get(key) is not None and result["figures"][key] >= bar}
+                              for key, bar in BARS[name].items()}
+    write(args.out, {"benchmark": "structured pruning vs the dense recipe of the same model, MNIST, 1 thread",
+                     "results": results})
+
+
+if __name__ == "__main__":
+    main()

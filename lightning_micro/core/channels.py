@@ -1,0 +1,287 @@
+"""Channel (neuron / filter) pruning: which channels are coupled, how much each matters, masks and removal.
+
+Three separate questions, as Torch-Pruning separates them:
+
+- *Coupling* (:func:`channel_groups`): Torch-Pruning's ``DependencyGraph`` traces the network once and says which
+  tensor dimensions must lose the same channels: a convolution's output channels, its BatchNorm's, the next
+  layer's input channels (through a flatten, where one channel is ``H*W`` input features), every convolution
+  writing into one residual sum, a depthwise convolution's input and output. Each :class:`ChannelGroup` keeps
+  only the outcome, by module name and index, so nothing later needs the graph.
+- *Importance* (:func:`channel_importance`): the L1 or L2 norm of each channel's filters, summed over the layers
+  producing it, or the absolute BatchNorm scale (network slimming).
+- *Masks and removal*: :func:`channel_masks` zeroes every tensor slice of a removed channel (filters, biases,
+  BatchNorm scale and shift, the consumers' input slices), so the channel contributes exactly nothing;
+  :func:`remove_channels` slices the same tensors away with :data:`CHANNEL_DIMS`, the same table, so the thinner
+  network computes what the masked one did.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+OUT, IN = "out", "in"
+IMPORTANCES = ("l1", "l2", "bn_scale")
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, _CONVS) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+
+
+def channel_dims(module: nn.Module, side: str) -> list[tuple[str, int]] | None:
+    """``[(tensor name, dim)]`` holding one channel of ``module`` on ``side`` (``"out"`` or ``"in"``); ``None``
+    for a module whose channels this module cannot remove (a grouped, non-depthwise convolution, a transposed
+    convolution, a layer type outside convolutions, Linear and BatchNorm)."""
+    if isinstance(module, _NORMS):
+        dims = [("weight", 0), ("bias", 0)] if module.affine else []
+        return dims + ([("running_mean", 0), ("running_var", 0)] if module.track_running_stats else [])
+    if isinstance(module, _CONVS) and not module.transposed:
+        if _is_depthwise(module):  # one filter per channel: input and output channels are the same channels
+            return [("weight", 0)] + ([("bias", 0)] if module.bias is not None else [])
+        if module.groups != 1:
+            return None
+    elif not isinstance(module, nn.Linear):
+        return None
+    if side == IN:
+        return [("weight", 1)]
+    return [("weight", 0)] + ([("bias", 0)] if module.bias is not None else [])
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that must be removed together.
+
+    Attributes:
+        name: the first layer (in model order) producing the channels; overrides and messages use it.
+        size: number of channels.
+        members: ``[(module name, side, indices, root indices)]``: for each module dimension the group spans, the
+            indices in that dimension and, aligned with them, the group channel each belongs to.
+        producers: names of the Conv/Linear layers writing the channels (patterns select groups by these).
+        unsupported: why the group's channels cannot be removed consistently (``""`` when they can).
+    """
+
+    name: str
+    size: int
+    members: list[tuple[str, str, list[int], list[int]]]
+    producers: list[str] = field(default_factory=list)
+    unsupported: str = ""
+
+    def member_indices(self, kept: Sequence[int]) -> dict[tuple[str, str], list[int]]:
+        """``{(module, side): indices kept in that dimension}`` when the group keeps channels ``kept``."""
+        keep = set(kept)
+        return {(module, side): sorted(i for i, root in zip(idx, roots, strict=True) if root in keep)
+                for module, side, idx, roots in self.members}
+
+
+def channel_groups(net: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
+    """The coupled channel groups of ``net`` rooted at its Conv/Linear layers, in model order, found by
+    Torch-Pruning's dependency graph on a copy of ``net`` (its BatchNorm statistics do not move). Groups whose
+    channels no layer consumes (the network's outputs) are left out."""
+    import torch_pruning as tp  # imported here: only channel pruning needs it
+
+    traced = copy.deepcopy(net).eval()
+    names = {module: name for name, module in traced.named_modules()}
+    order = {name: i for i, name in enumerate(names.values())}
+    device = next((p.device for p in traced.parameters()), torch.device("cpu"))
+    graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example_input.to(device))
+    groups = []
+    for group in graph.get_all_groups(root_module_types=(*_CONVS, nn.Linear)):
+        members = []
+        unsupported = []
+        for item in group:
+            module = item.dep.target.module
+            name = names.get(module)
+            if name is None:  # an operation of the graph (addition, flatten), not a layer
+                continue
+            side = OUT if graph.is_out_channel_pruning_fn(item.dep.handler) else IN
+            if channel_dims(module, side) is None:
+                unsupported.append(f"{name} ({type(module).__name__}"
+                                   f"{', groups=%d' % module.groups if isinstance(module, _CONVS) else ''})")
+            members.append((name, side, [int(i) for i in item.idxs], [int(r) for r in item.root_idxs]))
+        members.sort(key=lambda m: (order[m[0]], m[1]))
+        producers = [m[0] for m in members if m[1] == OUT and isinstance(traced.get_submodule(m[0]), (*_CONVS, nn.Linear))]
+        if not any(side == IN for _, side, _, _ in members) or not producers:
+            continue  # the network's outputs
+        size = len(set(members[0][3]))
+        reason = f"it couples {', '.join(unsupported)}, whose channels cannot be removed" if unsupported else ""
+        groups.append(ChannelGroup(producers[0], size, members, producers, reason))
+    groups.sort(key=lambda g: order[g.name])
+    return groups
+
+
+# --- importance -----------------------------------------------------------------------------------------------
+
+def channel_importance(net: nn.Module, group: ChannelGroup, importance: str) -> torch.Tensor:
+    """One score per channel of ``group`` (higher: more important).
+
+    ``l1`` / ``l2``: the norm of the channel's filters (its weights in every Conv/Linear layer writing it, all
+    of them together). ``bn_scale``: the absolute BatchNorm scale
+    (summed over the group's BatchNorms).
+    """
+    scores = torch.zeros(group.size, dtype=torch.float64)
+    for name, side, idx, roots in group.members:
+        if side != OUT:
+            continue
+        module = net.get_submodule(name)
+        is_norm = isinstance(module, _NORMS)
+        if importance == "bn_scale" and not is_norm:
+            continue
+        if is_norm and (importance != "bn_scale" or not module.affine):
+            continue
+        weight = module.weight.detach().to(torch.float64)
+        dim = channel_dims(module, side)[0][1]
+        rows = weight.index_select(dim, torch.tensor(idx, device=weight.device)).movedim(dim, 0).reshape(len(idx), -1)
+        per_index = rows.abs().sum(1) if importance in ("l1", "bn_scale") else rows.pow(2).sum(1)
+        scores.index_add_(0, torch.tensor(roots), per_index.cpu())
+    return scores.sqrt() if importance == "l2" else scores
+
+
+def kept_count(size: int, ratio: float, min_channels: int, round_to: int) -> int:
+    """Channels a group of ``size`` keeps when ``ratio`` of them are to go: ``size * (1 - ratio)`` rounded to the
+    nearest multiple of ``round_to``, at least ``min_channels`` (and one multiple), at most ``size``.
+
+    Example:
+        >>> kept_count(50, 0.65, 1, 8), kept_count(20, 0.65, 1, 8), kept_count(16, 0.5, 1, 1)
+        (16, 8, 8)
+    """
+    kept = size * (1.0 - ratio)
+    if round_to > 1:
+        kept = max(round_to, round_to * math.floor(kept / round_to + 0.5))
+    return int(min(size, max(min_channels, math.ceil(kept - 1e-9) if round_to == 1 else kept)))
+
+
+def select_channels(scores: Sequence[torch.Tensor], counts: Sequence[int], alive: Sequence[Sequence[int]]
+                    ) -> list[list[int]]:
+    """For each group, the ``count`` most important of its ``alive`` channels (ties broken by index), sorted:
+    a channel once removed never comes back."""
+    kept = []
+    for score, count, live in zip(scores, counts, alive, strict=True):
+        live = sorted(live)
+        count = min(count, len(live))
+        order = sorted(live, key=lambda i: (-float(score[i]), i))
+        kept.append(sorted(order[:count]))
+    return kept
+
+
+def global_counts(scores: Sequence[torch.Tensor], alive: Sequence[Sequence[int]], ratio: float,
+                  fixed: Mapping[int, int], floors: Sequence[int]) -> list[int]:
+    """Channels kept per group when ``ratio`` of all channels go by one ranking: each group's scores divided by
+    their mean (so layers of different scale compare), the lowest removed first; groups in ``fixed`` (index ->
+    count) keep their own count, and none goes below its floor."""
+    sizes = [len(s) for s in scores]
+    free = [g for g in range(len(scores)) if g not in fixed]
+    to_keep = sum(sizes[g] for g in free) - int(round(ratio * sum(sizes[g] for g in free)))
+    counts = [fixed.get(g, floors[g]) for g in range(len(scores))]
+    ranked = []
+    for g in free:
+        live = sorted(alive[g])
+        norm = scores[g][live].mean().clamp_min(1e-12) if live else 1.0
+        ranked += [(-float(scores[g][i] / norm), g, i) for i in live]
+    ranked.sort()
+    budget = to_keep - sum(counts[g] for g in free)
+    taken = {g: 0 for g in free}
+    for _, g, _ in ranked:
+        if budget <= 0:
+            break
+        if taken[g] < len(alive[g]) - floors[g]:
+            taken[g] += 1
+            budget -= 1
+    return [counts[g] + taken[g] if g in taken else counts[g] for g in range(len(scores))]
+
+
+# --- masks and removal -----------------------------------------------------------------------------------------
+
+def channel_masks(net: nn.Module, groups: Sequence[ChannelGroup], kept: Sequence[Sequence[int]]
+                  ) -> dict[str, torch.Tensor]:
+    """``{tensor name: bool mask}`` (parameters and BatchNorm statistics of ``net``) that zero every slice of the
+    channels not in ``kept`` (one list per group); tensors a group does not touch are absent."""
+    masks: dict[str, torch.Tensor] = {}
+    for group, keep in zip(groups, kept, strict=True):
+        if len(keep) == group.size:
+            continue
+        dropped = sorted(set(range(group.size)) - set(keep))
+        for (module_name, side), indices in group.member_indices(dropped).items():
+            module = net.get_submodule(module_name)
+            for tensor_name, dim in channel_dims(module, side):
+                if tensor_name.startswith("running_"):
+                    continue  # statistics do not reach the output once scale and shift are zero
+                full = f"{module_name}.{tensor_name}" if module_name else tensor_name
+                tensor = getattr(module, tensor_name)
+                mask = masks.setdefault(full, torch.ones_like(tensor, dtype=torch.bool))
+                mask.index_fill_(dim, torch.tensor(indices, device=mask.device, dtype=torch.long), False)
+    return masks
+
+
+def removal_plan(groups: Sequence[ChannelGroup], kept: Sequence[Sequence[int]]) -> dict[str, dict[str, list[int]]]:
+    """The plain record of a removal: ``{module name: {"out"/"in": indices kept}}`` for every module a group
+    shrinks (groups keeping every channel are left out)."""
+    plan: dict[str, dict[str, list[int]]] = {}
+    for group, keep in zip(groups, kept, strict=True):
+        if len(keep) == group.size:
+            continue
+        for (module_name, side), indices in group.member_indices(keep).items():
+            plan.setdefault(module_name, {})[side] = indices
+    return plan
+
+
+def tensor_slices(net: nn.Module, plan: Mapping[str, Mapping[str, Sequence[int]]]
+                  ) -> dict[str, list[tuple[int, list[int]]]]:
+    """``{tensor name: [(dim, indices kept)]}`` of a removal ``plan`` on ``net`` (before the removal): what an
+    optimizer's state must be sliced by to follow the parameters."""
+    slices: dict[str, list[tuple[int, list[int]]]] = {}
+    for module_name, sides in plan.items():
+        module = net.get_submodule(module_name)
+        depthwise = _is_depthwise(module)
+        for side, indices in sides.items():
+            if depthwise and side == IN:
+                continue  # the same channels as its output
+            dims = channel_dims(module, side)
+            if dims is None:
+                raise ValueError(f"{module_name} is a {type(module).__name__} whose channels cannot be removed")
+            for tensor_name, dim in dims:
+                full = f"{module_name}.{tensor_name}" if module_name else tensor_name
+                slices.setdefault(full, []).append((dim, list(indices)))
+    return slices
+
+
+def remove_channels(net: nn.Module, plan: Mapping[str, Mapping[str, Sequence[int]]]) -> nn.Module:
+    """Slice ``net`` in place to the channels ``plan`` keeps (:func:`removal_plan`) and return it: a smaller
+    dense network. Parameters become new ``nn.Parameter`` objects; an optimizer built before must be rebuilt."""
+    for tensor_name, cuts in tensor_slices(net, plan).items():
+        module_name, _, attr = tensor_name.rpartition(".")
+        module = net.get_submodule(module_name) if module_name else net
+        tensor = getattr(module, attr)
+        value = tensor.detach()
+        for dim, indices in cuts:
+            value = value.index_select(dim, torch.tensor(indices, dtype=torch.long, device=value.device))
+        value = value.contiguous()
+        if isinstance(tensor, nn.Parameter):
+            setattr(module, attr, nn.Parameter(value, requires_grad=tensor.requires_grad))
+        else:
+            module._buffers[attr] = value
+    for module_name, sides in plan.items():
+        _set_sizes(net.get_submodule(module_name), {side: len(indices) for side, indices in sides.items()})
+    return net
+
+
+def _set_sizes(module: nn.Module, sizes: Mapping[str, int]) -> None:
+    if isinstance(module, _NORMS):
+        module.num_features = sizes.get(OUT, sizes.get(IN))
+    elif isinstance(module, _CONVS):
+        if _is_depthwise(module):
+            n = sizes.get(OUT, sizes.get(IN))
+            module.in_channels = module.out_channels = module.groups = n
+        else:
+            module.out_channels = sizes.get(OUT, module.out_channels)
+            module.in_channels = sizes.get(IN, module.in_channels)
+    elif isinstance(module, nn.Linear):
+        module.out_features = sizes.get(OUT, module.out_features)
+        module.in_features = sizes.get(IN, module.in_features)
