@@ -100,7 +100,8 @@ def test_compression_options_instantiate(compression, tmp_path):
     cfg = compose_cfg([f"compression=[{compression}]"], tmp_path)
     assert list(cfg.compression) == [compression]  # nested under its own name
     (technique,) = instantiate_each(cfg.compression, "compression")
-    technique.check_model(instantiate(cfg.model, "model").net)
+    module = instantiate(cfg.model, "model")
+    technique.check_model(module.net, module.example_input_array)
 
 
 def test_compression_default_and_dense(tmp_path):

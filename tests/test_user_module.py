@@ -18,12 +18,14 @@ from lightning_micro.callbacks import (
     GradualMagnitudePruning,
     LowRankDecomposition,
     QuantizationAwareTraining,
+    StructuredPruning,
     TTLayerSwap,
 )
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.export import read_metadata
+from lightning_micro.report import weight_tensors
 from tests.user_model import (
     DigitsClassifier,
     FactoryNamed,
@@ -51,6 +53,10 @@ RECIPES = {
     "lowrank": lambda: [LowRankDecomposition(swap_at=1, compression_ratio=2)],  # the depthwise conv is skipped
     "lowrank+qat_int8": lambda: [LowRankDecomposition(swap_at=1, compression_ratio=2),
                                  QuantizationAwareTraining(start=2)],
+    # the stem's channels run through the depthwise conv and the residual sum: one group, removed consistently
+    "structured": lambda: [StructuredPruning(channel_ratio=0.5, start=0, end=1, update_every=3)],
+    "structured+qat_int8": lambda: [StructuredPruning(channel_ratio=0.5, start=0, end=1, update_every=3),
+                                    QuantizationAwareTraining(start=2)],
 }
 
 
@@ -78,7 +84,9 @@ def test_user_module_takes_the_technique_and_its_artifact_scores_the_same_in_a_f
     applied = [e["transform"] for e in meta["transforms"]]
     expected = {"gmp": [], "qat_int8": ["int8_qat_prepare", "int8_convert"],
                 "qat_4bit": ["weight_fake_quant", "weight_low_bit"], "tt": ["tt_swap"], "lowrank": ["low_rank_swap"],
-                "lowrank+qat_int8": ["low_rank_swap", "int8_qat_prepare", "int8_convert"]}[recipe]
+                "lowrank+qat_int8": ["low_rank_swap", "int8_qat_prepare", "int8_convert"],
+                "structured": ["channel_prune"],
+                "structured+qat_int8": ["channel_prune", "int8_qat_prepare", "int8_convert"]}[recipe]
     assert applied == expected
     deployed = load_compressed(path, trusted=[DigitsClassifier])
     if recipe == "tt":
@@ -86,6 +94,10 @@ def test_user_module_takes_the_technique_and_its_artifact_scores_the_same_in_a_f
     if recipe.startswith("lowrank"):  # the depthwise convolution stays; the others are factorized
         names = dict(deployed.named_modules())
         assert "pointwise.0" in names and "fc1.0" in names and "depthwise.0" not in names
+    if recipe.startswith("structured"):  # 16 -> 8 channels through stem, depthwise, pointwise and fc1's inputs
+        weights = weight_tensors(deployed)
+        assert [weights[f"{n}.weight"].shape[0] for n in ("stem.0", "depthwise", "pointwise", "fc1")] == [8, 8, 8, 32]
+        assert weights["fc1.weight"].shape[1] == 8 * 16
     out = subprocess.run([sys.executable, "-c", FRESH_PROCESS_ACCURACY, str(path)], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]

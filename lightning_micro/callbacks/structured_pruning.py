@@ -154,7 +154,8 @@ class StructuredPruning(CompressionTechnique):
                              "input: set self.example_input_array = torch.zeros(1, ...) in the LightningModule")
         groups = channels.channel_groups(net, example_input)
         layers = [n for n, m in net.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
-        candidates = [p for g in groups if not g.unsupported for p in g.producers]
+        producing = {p for g in groups if not g.unsupported for p in g.producers}
+        candidates = [n for n in layers if n in producing]  # in model order
         for arg, patterns in (("include", self.include), ("exclude", self.exclude), ("overrides", self.overrides)):
             for pattern in patterns:
                 if any(name_matches(p, pattern) for p in candidates):
@@ -221,8 +222,9 @@ class StructuredPruning(CompressionTechnique):
         super().setup(trainer, pl_module, stage)
         if self.bn_penalty:
             self.add_loss_term(pl_module, "structured/bn_l1", self._bn_l1)
-        rank_zero_info(f"StructuredPruning: {len(self.groups)} channel groups ({', '.join(g.name for g in self.groups)})"
-                       f", {self.channel_ratio:.0%} of channels by {self.importance}, removed at {self.remove_at!r}")
+        rank_zero_info(f"StructuredPruning: {len(self.groups)} channel groups "
+                       f"({', '.join(g.name for g in self.groups)}), {self.channel_ratio:.0%} of channels by "
+                       f"{self.importance}, removed at {self.remove_at!r}")
 
     @override
     def check_run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -2,8 +2,8 @@
 
 The lifecycle of a technique, in the order Lightning runs it:
 
-- ``check_model(net)``: resolve the selection (name patterns, types) on the network as configured, raising
-  ``ValueError`` naming the argument; the run calls it before the trainer is built.
+- ``check_model(net, example_input)``: resolve the selection (name patterns, types, traced channel groups) on the
+  network as configured, raising ``ValueError`` naming the argument; the run calls it before the trainer is built.
 - ``setup``: the contract is checked (structure-changing techniques need :class:`~lightning_micro.contract.
   Compressible`), every pair with the other techniques of the run is checked (:meth:`check_composition`), and
   the "when" arguments are checked against the run's length. A change due at the very start happens here.
@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 

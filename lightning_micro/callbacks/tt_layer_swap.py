@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 from typing_extensions import override
 
@@ -104,7 +105,7 @@ class TTLayerSwap(LayerSwap):
                 raise ValueError(f"overrides: {err}") from err
 
     @override
-    def check_model(self, net: nn.Module) -> None:
+    def check_model(self, net: nn.Module, example_input: torch.Tensor | None = None) -> None:
         super().check_model(net)
         for pattern in self.overrides:
             if not any(name_matches(n, pattern) for n in self.layers):

@@ -33,7 +33,8 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def _is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, _CONVS) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    return (isinstance(module, _CONVS) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
 
 
 def channel_dims(module: nn.Module, side: str) -> list[tuple[str, int]] | None:
@@ -103,11 +104,12 @@ def channel_groups(net: nn.Module, example_input: torch.Tensor) -> list[ChannelG
                 continue
             side = OUT if graph.is_out_channel_pruning_fn(item.dep.handler) else IN
             if channel_dims(module, side) is None:
-                unsupported.append(f"{name} ({type(module).__name__}"
-                                   f"{', groups=%d' % module.groups if isinstance(module, _CONVS) else ''})")
+                grouping = f", groups={module.groups}" if isinstance(module, _CONVS) else ""
+                unsupported.append(f"{name} ({type(module).__name__}{grouping})")
             members.append((name, side, [int(i) for i in item.idxs], [int(r) for r in item.root_idxs]))
         members.sort(key=lambda m: (order[m[0]], m[1]))
-        producers = [m[0] for m in members if m[1] == OUT and isinstance(traced.get_submodule(m[0]), (*_CONVS, nn.Linear))]
+        producers = [m[0] for m in members
+                     if m[1] == OUT and isinstance(traced.get_submodule(m[0]), (*_CONVS, nn.Linear))]
         if not any(side == IN for _, side, _, _ in members) or not producers:
             continue  # the network's outputs
         size = len(set(members[0][3]))
@@ -186,15 +188,15 @@ def global_counts(scores: Sequence[torch.Tensor], alive: Sequence[Sequence[int]]
         norm = scores[g][live].mean().clamp_min(1e-12) if live else 1.0
         ranked += [(-float(scores[g][i] / norm), g, i) for i in live]
     ranked.sort()
-    budget = to_keep - sum(counts[g] for g in free)
     taken = {g: 0 for g in free}
+    total = sum(floors[g] for g in free)  # the floors are kept whatever the ranking says
     for _, g, _ in ranked:
-        if budget <= 0:
-            break
-        if taken[g] < len(alive[g]) - floors[g]:
+        if taken[g] < floors[g]:  # within its floor: already counted
             taken[g] += 1
-            budget -= 1
-    return [counts[g] + taken[g] if g in taken else counts[g] for g in range(len(scores))]
+        elif total < to_keep:
+            taken[g] += 1
+            total += 1
+    return [counts[g] if g in fixed else max(floors[g], taken[g]) for g in range(len(scores))]
 
 
 # --- masks and removal -----------------------------------------------------------------------------------------

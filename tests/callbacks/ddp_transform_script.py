@@ -2,7 +2,7 @@
 transforms the network after the first epoch (the DDP wrapper is rebuilt), saving each rank's weights at the end
 of training (before QAT converts the network).
 
-    python tests/callbacks/ddp_transform_script.py OUT_DIR qat|tt|lowrank|tt_gmp
+    python tests/callbacks/ddp_transform_script.py OUT_DIR qat|tt|lowrank|tt_gmp|structured
 """
 
 import subprocess
@@ -16,6 +16,7 @@ from lightning_micro.callbacks import (
     GradualMagnitudePruning,
     LowRankDecomposition,
     QuantizationAwareTraining,
+    StructuredPruning,
     TTLayerSwap,
 )
 from lightning_micro.data import DigitsDataModule
@@ -54,6 +55,9 @@ TECHNIQUES = {
     "tt_gmp": lambda: [TTLayerSwap(swap_at=1, ranks=4, include=["fc1"]),
                        GradualMagnitudePruning(final_sparsity=0.5, start=0, end=2, update_every=5,
                                                scope="layerwise")],
+    # channels masked over epoch 0 (kept sets broadcast from rank 0), removed at epoch 1: parameters, optimizer
+    # state and the DDP wrapper rebuilt thinner, then trained on
+    "structured": lambda: [StructuredPruning(channel_ratio=0.5, start=0, end=1, update_every=5)],
 }
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from lightning_micro.callbacks import (
     GradualMagnitudePruning,
     LowRankDecomposition,
     QuantizationAwareTraining,
+    StructuredPruning,
     TTLayerSwap,
 )
 from lightning_micro.core.tensor_train import TTLinear
@@ -60,6 +61,8 @@ TECHNIQUES = {
     "qat4": lambda: QuantizationAwareTraining(weight_bits=4, activation_bits=32, start=1),
     "tt": lambda: TTLayerSwap(swap_at=1, ranks=4, include=["fc1"]),
     "lowrank": lambda: LowRankDecomposition(swap_at=1, rank=4, include=["conv2"]),
+    # half of conv1's, conv2's and fc1's channels masked over epoch 0, removed at epoch 1 (step 10)
+    "structured": lambda: StructuredPruning(channel_ratio=0.5, start=0, end=1, update_every=3),
 }
 REFUSED = {
     ("qat8", "tt"): "int8 QAT cannot take TTLayerSwap's layers: torch.ao's graph mode cannot express",
@@ -67,6 +70,9 @@ REFUSED = {
     ("qat8", "lowrank"): "int8 QAT traces the network at start=1, before LowRankDecomposition changes it at swap_at",
     ("qat8", "qat4"): "one QuantizationAwareTraining per run: a network is quantized once",
     ("qat4", "qat8"): "one QuantizationAwareTraining per run: a network is quantized once",
+    ("qat8", "structured"): "int8 QAT traces the network at start=1, before StructuredPruning changes it at remove_at",
+    ("tt", "structured"): "TTLayerSwap swaps layers at swap_at=1, before StructuredPruning removes channels",
+    ("lowrank", "structured"): "LowRankDecomposition swaps layers at swap_at=1, before StructuredPruning removes",
 }
 PAIRS = list(itertools.permutations(TECHNIQUES, 2))
 
@@ -93,7 +99,7 @@ def check_effects(pair: tuple[str, ...], techniques: list[L.Callback], deployed:
         assert isinstance(modules["fc1"], TTLinear)
         tt = next(t for t in techniques if isinstance(t, TTLayerSwap))
         cores = sum(c.numel() for c in modules["fc1"].core_tensors())  # integer codes after 4-bit QAT
-        assert cores > 0 and tt.report_fields(deployed)["tt/fc1/params"] == cores + 64
+        assert cores > 0 and tt.report_fields(deployed)["tt/fc1/params"] == cores + modules["fc1"].out_features
     if "lowrank" in pair:
         assert not isinstance(modules["conv2"], nn.Conv2d) and {"conv2.0", "conv2.1", "conv2.2"} <= set(modules)
     if "gmp" in pair:  # pruned to the target, the factors / cores of a swapped layer included
@@ -114,6 +120,15 @@ def check_effects(pair: tuple[str, ...], techniques: list[L.Callback], deployed:
         expected = {"conv1", "conv2.0", "conv2.1", "conv2.2", "fc1", "fc2"} if "lowrank" in pair else {
             "conv1", "conv2", "fc1", "fc2"}
         assert expected <= set(quantized), quantized
+    if "structured" in pair:  # half the channels of conv1, conv2 and fc1 are gone from the artifact
+        weights = weight_tensors(deployed)
+        assert weights["conv1.weight"].shape[0] == 4 and weights["fc2.weight"].shape == (10, 32)
+        if "lowrank" not in pair:
+            assert weights["conv2.weight"].shape[:2] == (8, 4)
+        if "tt" not in pair:
+            assert weights["fc1.weight"].shape == (32, 8 * 16)
+        if "tt" in pair:  # swapped after the removal: the TT layer is made of the thinner fc1
+            assert (modules["fc1"].in_features, modules["fc1"].out_features) == (128, 32)
     if "qat4" in pair:
         codes = {key for key in state if key.endswith("_codes")}
         assert {"conv1.weight_codes", "fc2.weight_codes"} <= codes, codes

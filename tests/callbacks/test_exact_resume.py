@@ -28,16 +28,23 @@ BASE = [*FAST, "debug=limit", "trainer.max_epochs=3", f"trainer.limit_train_batc
 # epoch 1, where every technique is at work (pruning masks move at even steps until step 12).
 INTERRUPT_AT = 8
 GMP = ["compression.gmp.update_every=2", "compression.gmp.end=2"]
+# A convolutional network for 8x8 digits (LeNet-5 needs 16x16 images): a one-block-per-stage ResNet.
+SMALL_RESNET = ["model=resnet20", "model.net.blocks_per_stage=1", "model.net.widths=[8,16,16]"]
 TECHNIQUES = {
     "gmp": ["compression=gmp", *GMP],
     "qat-int8": ["compression=qat", "compression.qat.start=1"],
     "qat-4bit": ["compression=qat", "compression.qat.weight_bits=4", "compression.qat.activation_bits=32",
                  "compression.qat.start=0"],
     "tt": ["compression=tt", "compression.tt.swap_at=1", "compression.tt.ranks=4"],
-    # A convolutional network for 8x8 digits (LeNet-5 needs 16x16 images): a one-block-per-stage ResNet.
-    "lowrank": ["model=resnet20", "model.net.blocks_per_stage=1", "model.net.widths=[8,16,16]",
-                "compression=lowrank", "compression.lowrank.swap_at=1", "compression.lowrank.include=[layer2.*]"],
+    "lowrank": [*SMALL_RESNET, "compression=lowrank", "compression.lowrank.swap_at=1",
+                "compression.lowrank.include=[layer2.*]"],
     "gmp+qat": ["compression=[gmp,qat]", *GMP, "compression.qat.start=1"],
+    # residual channel groups masked every 2 steps over epoch 0, removed at step 6: interrupted after the removal
+    "structured": [*SMALL_RESNET, "compression=structured", "compression.structured.end=1",
+                   "compression.structured.update_every=2"],
+    # ... and interrupted while masking, before the removal at step 12
+    "structured-masking": [*SMALL_RESNET, "compression=structured", "compression.structured.end=2",
+                           "compression.structured.update_every=2"],
 }
 
 
@@ -119,7 +126,7 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(techn
     assert state["global_step"] == INTERRUPT_AT
     loader = state["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert loader == [{"epoch": 1, "batches": INTERRUPT_AT - EPOCH, "batch_size": 64, "samples": 1257}]
-    if technique != "gmp":  # the network had changed its structure before the interruption
+    if technique not in ("gmp", "structured-masking"):  # the network had changed its structure before it
         assert state["lightning_micro/transforms"]
     _run(tmp_path / "resumed", [*overrides, f"ckpt_path={checkpoint}"])
     _assert_same_weights(tmp_path / "resumed", straight_runs[technique])
