@@ -133,6 +133,31 @@ def composition_rows(payload: dict) -> list[str]:
     return rows
 
 
+def structured_rows(payload: dict) -> list[str]:
+    rows = []
+    for name, result in payload["results"].items():
+        run, figures = result["runs"][0], result["figures"]
+        delta = figures.get("delta_vs_dense_pp")
+        bars = "; ".join(f"{key} {b['measured']:.4g} vs {b['bar']:g}: {'met' if b['met'] else 'NOT met'}"
+                         for key, b in result.get("bars", {}).items()) or "-"
+        rows.append(
+            f"| {name} | `{' '.join(result['overrides'])}` | {result['test_acc_mean']:.2%} | "
+            f"{'-' if delta is None else f'{delta:+.2f}'} | {run['params/total']:,} | {run['macs/effective']:,} "
+            f"({figures['macs_removed_pct']:.1f}% removed) | {run['latency/speedup_b64']:.2f}x | {bars} |"
+        )
+    return rows
+
+
+def structured_speed_rows(payload: dict) -> list[str]:
+    rows = []
+    for batches in payload["results"].values():
+        for name in batches["b64"]["ms"]:
+            b64, b1 = batches["b64"], batches["b1"]
+            rows.append(f"| {name} | {b64['ms'][name]:.3f} ({b64['speedup_vs_dense'][name]:.2f}x) | "
+                        f"{b1['ms'][name]:.3f} ({b1['speedup_vs_dense'][name]:.2f}x) |")
+    return rows
+
+
 if __name__ == "__main__":
     for title, name, render in (("baselines", "baselines.json", baseline_rows),
                                 ("gmp lenet300", "gmp_accuracy_lenet300.json", gmp_rows),
@@ -143,7 +168,9 @@ if __name__ == "__main__":
                                 ("decomposition accuracy", "decomposition_accuracy.json", decomposition_rows),
                                 ("decomposition speed", "decomposition_speed.json", decomposition_speed_rows),
                                 ("composition", "composition.json", composition_rows),
-                                ("composition seeds", "composition_seeds.json", composition_rows)):
+                                ("composition seeds", "composition_seeds.json", composition_rows),
+                                ("structured", "structured.json", structured_rows),
+                                ("structured speed", "structured_speed.json", structured_speed_rows)):
         payload = load(name)
         if payload:
             print(f"\n{title}:\n" + "\n".join(render(payload)))

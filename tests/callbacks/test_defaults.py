@@ -12,12 +12,13 @@ from lightning_micro.callbacks import (
     GradualMagnitudePruning,
     LowRankDecomposition,
     QuantizationAwareTraining,
+    StructuredPruning,
     TTLayerSwap,
 )
 from tests.conftest import CONF
 
 CLASSES = {"gmp": GradualMagnitudePruning, "qat": QuantizationAwareTraining, "tt": TTLayerSwap,
-           "lowrank": LowRankDecomposition}
+           "lowrank": LowRankDecomposition, "structured": StructuredPruning}
 
 
 def _plain(value):
