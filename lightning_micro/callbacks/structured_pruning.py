@@ -53,7 +53,8 @@ class StructuredPruning(CompressionTechnique):
         remove_at: when the masked channels are removed (same units, not before ``end``; ``None``: at ``end``).
         min_channels: channels every group keeps at least (>= 1, at most the smallest selected group's).
         round_to: kept channels rounded to a multiple of this (8 suits integer and vector kernels).
-        overrides: ``{pattern: channel ratio}``: groups whose first layer matches keep their own ratio.
+        overrides: ``{pattern: channel ratio}``: a group with a layer writing it that matches keeps its own ratio
+            (on the same schedule; under ``global`` it is left out of the ranking).
         include: name patterns (glob or ``re:``) of the Conv/Linear layers whose output channels may go; a group
             is pruned when one of the layers writing it matches and none is excluded.
         exclude: name patterns of layers whose channels stay.
@@ -132,6 +133,7 @@ class StructuredPruning(CompressionTechnique):
         # Resolved on the network as configured (check_model).
         self.groups: list[channels.ChannelGroup] = []
         self.finals: list[float] = []  # each group's final ratio (layerwise) or its override
+        self.overridden: dict[int, float] = {}  # group index -> its own final ratio
         # Saved in checkpoints: the channels each group keeps, by group name.
         self.kept: dict[str, list[int]] = {}
         self.last_update_step = -1
@@ -187,8 +189,12 @@ class StructuredPruning(CompressionTechnique):
                     raise ValueError(f"{arg} needs a BatchNorm after every selected layer, but {group.name}'s "
                                      "channels have none: use importance l1 or l2, or exclude it")
         self.groups = chosen
-        self.finals = [next((v for p, v in self.overrides.items() if name_matches(g.name, p)
-                             or any(name_matches(q, p) for q in g.producers)), self.channel_ratio) for g in chosen]
+        self.overridden = {}
+        for i, group in enumerate(chosen):  # the first override pattern matching a layer writing the group wins
+            ratios = [v for p, v in self.overrides.items() if any(name_matches(q, p) for q in group.producers)]
+            if ratios:
+                self.overridden[i] = ratios[0]
+        self.finals = [self.overridden.get(i, self.channel_ratio) for i in range(len(chosen))]
 
     @override
     def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
@@ -307,8 +313,7 @@ class StructuredPruning(CompressionTechnique):
         counts = [channels.kept_count(g.size, self.ratio_at(step, final), self.min_channels, self.round_to)
                   for g, final in zip(self.groups, self.finals, strict=True)]
         if self.scope == "global":
-            fixed = {i: counts[i] for i, g in enumerate(self.groups)
-                     if any(name_matches(g.name, p) for p in self.overrides)}
+            fixed = {i: counts[i] for i in self.overridden}
             floors = [min(g.size, self.min_channels) for g in self.groups]
             counts = channels.global_counts(scores, alive, self.target, fixed, floors)
             counts = [channels.kept_count(g.size, 1 - c / g.size, self.min_channels, self.round_to) if i not in fixed
