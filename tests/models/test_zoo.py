@@ -63,10 +63,11 @@ def test_fast_dev_run(model, data, tmp_path):
 
 
 @pytest.mark.parametrize("model", ["lenet300", "mobilenet", "resnet20"])
-@pytest.mark.parametrize("compression", [["compression=tt"], ["compression=lowrank"]], ids=["tt", "lowrank"])
-def test_every_model_takes_the_decompositions_with_their_defaults(model, compression, tmp_path):
+@pytest.mark.parametrize("compression", [["compression=tt"], ["compression=lowrank"], ["compression=structured"]],
+                         ids=["tt", "lowrank", "structured"])
+def test_every_model_takes_the_structural_techniques_with_their_defaults(model, compression, tmp_path):
     cfg = compose_cfg([*FAST, f"model={model}", *compression, "debug=fdr"], tmp_path)
     train(cfg)
     report = json.loads((tmp_path / "compression_report.json").read_text())
-    assert any(key.startswith(("tt/", "lowrank/")) for key in report)  # something was swapped and exported
+    assert any(key.startswith(("tt/", "lowrank/", "structured/kept/")) for key in report)  # swapped or thinned
     assert report["params/total"] < n_params(instantiate(cfg.model.net, "model.net"))
