@@ -70,12 +70,44 @@ def speed(rounds: int) -> None:
             dense = ms[f"{model}_dense"]
             measured.setdefault(model, {})[f"b{batch}"] = {"ms": ms, "speedup_vs_dense": {n: dense / v
                                                                                           for n, v in ms.items()}}
+    # Where the time goes in the thin LeNet-5, fp32 (rounded to multiples of 8) against its int8 twin: each layer
+    # timed alone on the input it gets in the forward pass, batch 64.
+    x = torch.randn(64, 1, 28, 28)
+    per_layer = {}
+    for name in ("lenet5_structured_r8", "lenet5_structured_int8"):
+        if name in results:
+            net = load_compressed(ROOT / results[name]["runs"][0]["run_dir"] / "model.safetensors")
+            per_layer[name] = layer_times(net, x)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     write(RESULTS / "structured_speed.json", {
         "benchmark": "forward of each run's reloaded artifact, CPU, 1 thread, no gradients, median of interleaved "
                      "rounds of torch.utils.benchmark medians", "cpu": cpu, "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rounds": rounds, "results": measured})
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rounds": rounds, "results": measured,
+        "lenet5_per_layer_ms_b64": per_layer})
+
+
+def layer_times(net, x) -> dict[str, float]:
+    """Median time (ms, one thread) of each leaf module of ``net`` run alone on the input it got in a forward pass
+    of ``x`` (a module called twice, like a shared pooling layer, is timed for each call)."""
+    import torch
+    from torch.utils import benchmark
+
+    calls = []
+    hooks = [module.register_forward_hook(lambda m, args, out, name=name: calls.append((name, m, args[0])))
+             for name, module in net.named_modules() if name and not list(module.children())]
+    with torch.no_grad():
+        net.eval()(x)
+    for hook in hooks:
+        hook.remove()
+    times, seen = {}, {}
+    for name, module, value in calls:
+        seen[name] = seen.get(name, 0) + 1
+        key = name if seen[name] == 1 else f"{name}#{seen[name]}"
+        timer = benchmark.Timer(stmt="with torch.no_grad(): m(v)", globals={"m": module, "v": value, "torch": torch},
+                                num_threads=1)
+        times[key] = timer.blocked_autorange(min_run_time=0.3).median * 1e3
+    return times
 
 
 def figures_of(name: str, results: dict) -> dict:

@@ -170,6 +170,7 @@ if __name__ == "__main__":
                                 ("composition", "composition.json", composition_rows),
                                 ("composition seeds", "composition_seeds.json", composition_rows),
                                 ("structured", "structured.json", structured_rows),
+                                ("structured seeds", "structured_seeds.json", structured_rows),
                                 ("structured speed", "structured_speed.json", structured_speed_rows)):
         payload = load(name)
         if payload:
