@@ -18,7 +18,7 @@ from lightning_micro.callbacks.arguments import check_fraction as _check_fractio
 from lightning_micro.callbacks.arguments import check_when as _check_when
 from lightning_micro.callbacks.arguments import follow_selection
 from lightning_micro.callbacks.technique import CompressionTechnique
-from lightning_micro.core.masks import apply_masks_, floor_count, magnitude_masks
+from lightning_micro.core.masks import apply_masks_, floor_count, magnitude_masks, mask_optimizer_state_
 from lightning_micro.core.schedules import SPARSITY_SCHEDULES
 from lightning_micro.core.selection import check_pattern, name_matches, select_parameters
 from lightning_micro.report import sparsity as measured_sparsity
@@ -323,15 +323,7 @@ class GradualMagnitudePruning(CompressionTechnique):
 
     def _zero_optimizer_state(self, trainer: L.Trainer) -> None:
         """Momentum buffers and Adam moments of pruned weights go to zero, so nothing pushes them back."""
-        masks = {id(p): m for p, m in zip(self._masked, self._float_masks, strict=True)}
-        for optimizer in trainer.optimizers:
-            for param, state in optimizer.state.items():
-                mask = masks.get(id(param))
-                if mask is None:
-                    continue
-                for value in state.values():
-                    if isinstance(value, torch.Tensor) and value.shape == mask.shape:
-                        value.mul_(mask)
+        mask_optimizer_state_(trainer.optimizers, list(zip(self._masked, self._float_masks, strict=True)))
 
     def _log(self, pl_module: L.LightningModule) -> None:
         fields = measured_sparsity(self.net_of(pl_module))

@@ -20,6 +20,7 @@ from lightning_micro.callbacks.structure import change_structure
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.contract import example_input
 from lightning_micro.core import channels
+from lightning_micro.core.masks import mask_optimizer_state_
 from lightning_micro.core.schedules import SPARSITY_SCHEDULES
 from lightning_micro.core.selection import check_pattern, name_matches
 
@@ -324,7 +325,7 @@ class StructuredPruning(CompressionTechnique):
         self.last_update_step = step
         self._bind_masks(pl_module)
         self._apply_masks()
-        self._zero_optimizer_state(trainer)
+        mask_optimizer_state_(trainer.optimizers, self._masked)
         metrics = {"structured/target_ratio": self.target, "structured/kept_fraction": self.kept_fraction()}
         if self.log_layers:
             metrics.update({f"structured/kept/{g.name}": float(len(self.kept[g.name])) for g in self.groups})
@@ -344,17 +345,6 @@ class StructuredPruning(CompressionTechnique):
         with torch.no_grad():
             for param, mask in self._masked:
                 param.mul_(mask)
-
-    def _zero_optimizer_state(self, trainer: L.Trainer) -> None:
-        masks = {id(p): m for p, m in self._masked}
-        for optimizer in trainer.optimizers:
-            for param, state in optimizer.state.items():
-                mask = masks.get(id(param))
-                if mask is None:
-                    continue
-                for value in state.values():
-                    if isinstance(value, torch.Tensor) and value.shape == mask.shape:
-                        value.mul_(mask)
 
     def _remove(self, trainer: L.Trainer | None, pl_module: L.LightningModule, during_fit: bool) -> None:
         self._apply_masks()

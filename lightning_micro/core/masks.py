@@ -85,3 +85,18 @@ def apply_masks_(tensors: Sequence[torch.Tensor], float_masks: Sequence[torch.Te
     """Zero the masked entries of every tensor in one vectorized call."""
     if tensors:
         torch._foreach_mul_(list(tensors), list(float_masks))
+
+
+def mask_optimizer_state_(optimizers: Sequence[torch.optim.Optimizer],
+                          masked: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Zero the optimizer state of masked entries: for each ``(parameter, mask)``, every state tensor shaped like
+    the parameter (momentum buffer, Adam moments) is multiplied by the mask, so nothing pushes them back."""
+    masks = {id(param): mask for param, mask in masked}
+    for optimizer in optimizers:
+        for param, state in optimizer.state.items():
+            mask = masks.get(id(param))
+            if mask is None:
+                continue
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                    value.mul_(mask)
