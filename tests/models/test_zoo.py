@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_micro.instantiate import instantiate
-from lightning_micro.models import LeNet5, LeNet300, MobileNet, ResNet20
+from lightning_micro.models import LeNet5, LeNet300, MobileNet, MobileNetV2, ResNet20
 from lightning_micro.run import train
 from tests.conftest import FAST, compose_cfg, mnist_dir
 
@@ -21,6 +21,20 @@ def test_parameter_counts_match_the_literature():
     assert n_params(LeNet300([1, 28, 28], 10)) == 266_610  # Han et al. 2015: 267K
     assert n_params(LeNet5([1, 28, 28], 10)) == 431_080  # Han et al. 2015: 431K
     assert 0.26e6 < n_params(ResNet20([3, 32, 32], 10)) < 0.28e6  # He et al. 2016: 0.27M
+
+
+def test_mobilenetv2_adds_the_input_back_only_where_a_block_keeps_its_shape():
+    from lightning_micro.models.mobilenet_v2 import InvertedResidual
+
+    net = MobileNetV2([1, 28, 28], 10, width_multiplier=0.5)
+    blocks = [m for m in net.features if isinstance(m, InvertedResidual)]
+    assert [b.residual for b in blocks] == [False, False, True, False, True, True, False, True, True, True, False,
+                                           True, True]
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    block = blocks[2]  # with the residual, the block is its branch plus the identity
+    x = torch.randn(2, block.conv[0][0].in_channels, 14, 14)
+    with torch.no_grad():
+        assert torch.allclose(block.eval()(x), x + block.conv(x))
 
 
 def test_mobilenet_width_multiplier_thins_every_layer():
@@ -36,6 +50,7 @@ def test_mobilenet_width_multiplier_thins_every_layer():
         (lambda: LeNet5([1, 8, 8], 10), "at least 16x16"),
         (lambda: MobileNet([1, 28, 28], 10, width_multiplier=0), "width_multiplier"),
         (lambda: ResNet20([3, 32, 32], 10, blocks_per_stage=0), "blocks_per_stage"),
+        (lambda: MobileNetV2([1, 28, 28], 10, stages=[[6, 24, 2, 3]]), "stride 1 or 2"),
     ],
 )
 def test_bad_shapes_and_sizes_raise(net, message):
@@ -44,7 +59,8 @@ def test_bad_shapes_and_sizes_raise(net, message):
 
 
 @pytest.mark.parametrize(
-    ("model", "data"), [("lenet300", "digits"), ("lenet5", "mnist"), ("mobilenet", "digits"), ("resnet20", "digits")]
+    ("model", "data"), [("lenet300", "digits"), ("lenet5", "mnist"), ("mobilenet", "digits"), ("mobilenetv2", "digits"),
+                        ("resnet20", "digits")]
 )
 def test_fast_dev_run(model, data, tmp_path):
     if data == "mnist":
@@ -62,7 +78,7 @@ def test_fast_dev_run(model, data, tmp_path):
     assert report["size/artifact_bytes"] == (tmp_path / "model.safetensors").stat().st_size
 
 
-@pytest.mark.parametrize("model", ["lenet300", "mobilenet", "resnet20"])
+@pytest.mark.parametrize("model", ["lenet300", "mobilenet", "mobilenetv2", "resnet20"])
 @pytest.mark.parametrize("compression", [["compression=tt"], ["compression=lowrank"], ["compression=structured"]],
                          ids=["tt", "lowrank", "structured"])
 def test_every_model_takes_the_structural_techniques_with_their_defaults(model, compression, tmp_path):
