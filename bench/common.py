@@ -57,3 +57,17 @@ def run_recipes(prefix: str, configs: dict[str, list[str]], names: list[str], se
         results[name] = {"overrides": configs[name], "runs": mine,
                          "test_acc_mean": statistics.mean(r["test/acc"] for r in mine)}
     return results
+
+
+def delta_vs_dense_pp(result: dict, dense: dict) -> float:
+    """Mean test accuracy of ``result`` minus the dense recipe's, over the seeds both ran, in points."""
+    seeds = {r["seed"] for r in result["runs"]} & {r["seed"] for r in dense["runs"]}
+    mine = statistics.mean(r["test/acc"] for r in result["runs"] if r["seed"] in seeds)
+    theirs = statistics.mean(r["test/acc"] for r in dense["runs"] if r["seed"] in seeds)
+    return 100 * (mine - theirs)
+
+
+def check_bars(figures: dict, bars: dict) -> dict:
+    """``{figure: {"bar", "measured", "met"}}`` for the issue's bars (each figure must be at least its bar)."""
+    return {key: {"bar": bar, "measured": figures.get(key),
+                  "met": figures.get(key) is not None and figures[key] >= bar} for key, bar in bars.items()}

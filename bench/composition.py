@@ -27,7 +27,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import RESULTS, ROOT, run_recipes, write
+from common import RESULTS, ROOT, check_bars, delta_vs_dense_pp, run_recipes, write
 
 CONFIGS = {
     "lenet5_dense": ["experiment=baseline_lenet5_mnist"],
@@ -119,15 +119,10 @@ def main() -> None:
         if first.get("macs/effective_conv"):
             figures["conv_macs_fewer_x"] = first["macs/dense_conv"] / first["macs/effective_conv"]
         if dense and dense is not result:
-            seeds = {r["seed"] for r in result["runs"]} & {r["seed"] for r in dense["runs"]}
-            mine = statistics.mean(r["test/acc"] for r in result["runs"] if r["seed"] in seeds)
-            theirs = statistics.mean(r["test/acc"] for r in dense["runs"] if r["seed"] in seeds)
-            figures["delta_vs_dense_pp"] = 100 * (mine - theirs)
+            figures["delta_vs_dense_pp"] = delta_vs_dense_pp(result, dense)
         result["figures"] = figures
         if name in BARS:
-            result["bars"] = {key: {"bar": bar, "measured": figures.get(key),
-                                    "met": figures.get(key) is not None and figures[key] >= bar}
-                              for key, bar in BARS[name].items()}
+            result["bars"] = check_bars(figures, BARS[name])
     write(args.out, {"benchmark": "techniques composed in one fit vs the dense recipe, MNIST, 20 epochs, 1 thread",
                      "results": results})
 

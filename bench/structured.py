@@ -24,7 +24,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from common import RESULTS, ROOT, run_recipes, write
+from common import RESULTS, ROOT, check_bars, delta_vs_dense_pp, run_recipes, write
 
 CONFIGS = {
     "resnet20_dense": ["experiment=baseline_resnet20_mnist"],
@@ -117,10 +117,7 @@ def figures_of(name: str, results: dict) -> dict:
                "macs_removed_pct": 100 * (1 - first["macs/effective"] / first["macs/dense"])}
     dense = results.get(name.split("_")[0] + "_dense")
     if dense and dense is not result:
-        seeds = {r["seed"] for r in result["runs"]} & {r["seed"] for r in dense["runs"]}
-        mine = statistics.mean(r["test/acc"] for r in result["runs"] if r["seed"] in seeds)
-        theirs = statistics.mean(r["test/acc"] for r in dense["runs"] if r["seed"] in seeds)
-        figures["delta_vs_dense_pp"] = 100 * (mine - theirs)
+        figures["delta_vs_dense_pp"] = delta_vs_dense_pp(result, dense)
     return figures
 
 
@@ -140,9 +137,7 @@ def main() -> None:
     for name, result in results.items():
         result["figures"] = figures_of(name, results)
         if name in BARS:
-            result["bars"] = {key: {"bar": bar, "measured": result["figures"].get(key),
-                                    "met": result["figures"].get(key) is not None and result["figures"][key] >= bar}
-                              for key, bar in BARS[name].items()}
+            result["bars"] = check_bars(result["figures"], BARS[name])
     write(args.out, {"benchmark": "structured pruning vs the dense recipe of the same model, MNIST, 1 thread",
                      "results": results})
 

@@ -39,6 +39,22 @@ def check_when(name: str, value: Any) -> int | float | str:
     return value
 
 
+def check_window(start: Any, end: Any) -> tuple[int | float | str, int | float | str]:
+    """``start`` and ``end`` as moments of the run (:func:`check_when`), ``end`` not before ``start`` when both
+    have the same unit."""
+    start, end = check_when("start", start), check_when("end", end)
+    if type(start) is type(end) and end < start:
+        raise ValueError(f"end ({end}) is before start ({start})")
+    return start, end
+
+
+def check_count(name: str, value: Any, unit: str = "") -> int:
+    """An integer >= 1 (``unit`` is said in the message, e.g. ``" (optimizer steps)"``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1{unit}, got {value!r}")
+    return value
+
+
 def check_patterns(include: Any, exclude: Any) -> tuple[list[str], list[str]]:
     """``include`` / ``exclude`` name patterns as lists of strings; a bad ``re:`` pattern raises ``ValueError``
     naming the argument, and so does an empty ``include``."""

@@ -14,9 +14,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from lightning_micro.callbacks.arguments import check_count, check_window, follow_selection
 from lightning_micro.callbacks.arguments import check_fraction as _check_fraction
-from lightning_micro.callbacks.arguments import check_when as _check_when
-from lightning_micro.callbacks.arguments import follow_selection
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.masks import apply_masks_, floor_count, magnitude_masks, mask_optimizer_state_
 from lightning_micro.core.schedules import SPARSITY_SCHEDULES
@@ -105,13 +104,8 @@ class GradualMagnitudePruning(CompressionTechnique):
         self.initial_sparsity = _check_fraction("initial_sparsity", initial_sparsity)
         if self.initial_sparsity > self.final_sparsity:
             raise ValueError(f"initial_sparsity ({initial_sparsity}) must not exceed final_sparsity ({final_sparsity})")
-        self.start = _check_when("start", start)
-        self.end = _check_when("end", end)
-        if type(self.start) is type(self.end) and self.end < self.start:
-            raise ValueError(f"end ({end}) is before start ({start})")
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(f"update_every must be an integer >= 1 (optimizer steps), got {update_every!r}")
-        self.update_every = update_every
+        self.start, self.end = check_window(start, end)
+        self.update_every = check_count("update_every", update_every, " (optimizer steps)")
         if schedule not in SPARSITY_SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SPARSITY_SCHEDULES)}, got {schedule!r}")
         self.schedule = schedule

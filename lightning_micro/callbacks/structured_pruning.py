@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_fraction, check_patterns, check_when
+from lightning_micro.callbacks.arguments import check_count, check_fraction, check_patterns, check_when, check_window
 from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.callbacks.structure import change_structure
 from lightning_micro.callbacks.technique import CompressionTechnique
@@ -104,18 +104,14 @@ class StructuredPruning(CompressionTechnique):
         if scope not in ("layerwise", "global"):
             raise ValueError(f"scope must be 'layerwise' or 'global', got {scope!r}")
         self.scope = scope
-        self.start = check_when("start", start)
-        self.end = check_when("end", end)
-        if type(self.start) is type(self.end) and self.end < self.start:
-            raise ValueError(f"end ({end}) is before start ({start})")
+        self.start, self.end = check_window(start, end)
         self.remove_at = self.end if remove_at is None else check_when("remove_at", remove_at)
         if type(self.remove_at) is type(self.end) and self.remove_at < self.end:
             raise ValueError(f"remove_at ({remove_at}) is before end ({end}): channels are removed once the "
                              "schedule has masked them all")
-        for name, value in (("update_every", update_every), ("min_channels", min_channels), ("round_to", round_to)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        self.update_every, self.min_channels, self.round_to = update_every, min_channels, round_to
+        self.update_every = check_count("update_every", update_every, " (optimizer steps)")
+        self.min_channels = check_count("min_channels", min_channels)
+        self.round_to = check_count("round_to", round_to)
         if schedule not in SPARSITY_SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SPARSITY_SCHEDULES)}, got {schedule!r}")
         self.schedule = schedule
