@@ -7,6 +7,7 @@ Beside them, callbacks that keep a run honest: :class:`DivergenceGuard` stops a 
 from lightning_micro.callbacks.divergence_guard import DivergenceGuard
 from lightning_micro.callbacks.gradual_magnitude_pruning import GradualMagnitudePruning
 from lightning_micro.callbacks.interruption import InterruptionCheckpoint
+from lightning_micro.callbacks.layer_dropping import LayerDropping
 from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.callbacks.low_rank_decomposition import LowRankDecomposition
 from lightning_micro.callbacks.quantization_aware_training import QuantizationAwareTraining
@@ -14,5 +15,6 @@ from lightning_micro.callbacks.structured_pruning import StructuredPruning
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.callbacks.tt_layer_swap import TTLayerSwap
 
-__all__ = ["CompressionTechnique", "DivergenceGuard", "GradualMagnitudePruning", "InterruptionCheckpoint", "LayerSwap",
+__all__ = ["CompressionTechnique", "DivergenceGuard", "GradualMagnitudePruning", "InterruptionCheckpoint", "LayerDropping",
+           "LayerSwap",
            "LowRankDecomposition", "QuantizationAwareTraining", "StructuredPruning", "TTLayerSwap"]

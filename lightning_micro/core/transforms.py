@@ -26,6 +26,7 @@ from torch import nn
 
 from lightning_micro.core import int8_backend
 from lightning_micro.core.channels import remove_channels, tensor_slices
+from lightning_micro.core.depth import remove_blocks
 from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
 from lightning_micro.core.quantized_tt import to_low_bit_tt  # also registers TTLinear in FAKE_QUANT_TYPES
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WeightQuantSpec, to_low_bit
@@ -114,6 +115,11 @@ def _channel_prune(net: nn.Module, layers: Mapping[str, Mapping[str, Sequence[in
     return remove_channels(net, layers)
 
 
+def _layer_drop(net: nn.Module, blocks: Sequence[str]) -> nn.Module:
+    # blocks: names of residual blocks replaced by nn.Identity (lightning_micro.core.depth)
+    return remove_blocks(net, blocks)
+
+
 TRANSFORMS: dict[str, Callable[..., nn.Module]] = {
     "weight_fake_quant": _weight_fake_quant,  # low-bit weights trained with a straight-through estimator
     "weight_low_bit": _weight_low_bit,  # ...and stored as integer codes, run as decoded float weights
@@ -122,6 +128,7 @@ TRANSFORMS: dict[str, Callable[..., nn.Module]] = {
     "tt_swap": _tt_swap,  # Linear -> TTLinear (TT-SVD of the trained weight)
     "low_rank_swap": _low_rank_swap,  # Linear -> SVD pair, Conv2d -> Tucker-2 or CP chain
     "channel_prune": _channel_prune,  # channels removed: a thinner dense network
+    "layer_drop": _layer_drop,  # residual blocks removed: a shallower network
 }
 
 # Transforms that keep parameters but slice them: ``function(net, **args) -> {tensor name: [(dim, kept indices)]}``

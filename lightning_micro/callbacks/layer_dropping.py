@@ -1,0 +1,367 @@
+"""LayerDropping: residual blocks skipped at random while training (LayerDrop, stochastic depth), then some removed
+for good: a shallower network, which trains on.
+
+The Lightning glue only: finding droppable blocks, the drop rules, skipping and removal live in
+:mod:`lightning_micro.core.depth`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch import nn
+from typing_extensions import override
+
+from lightning_micro.callbacks.arguments import check_count, check_fraction, check_patterns, check_when
+from lightning_micro.callbacks.layer_swap import LayerSwap
+from lightning_micro.callbacks.quantization_aware_training import QuantizationAwareTraining
+from lightning_micro.callbacks.structure import change_structure
+from lightning_micro.callbacks.structured_pruning import StructuredPruning
+from lightning_micro.callbacks.technique import CompressionTechnique
+from lightning_micro.contract import example_input
+from lightning_micro.core import depth
+from lightning_micro.core.schedules import is_run_start
+from lightning_micro.core.selection import name_matches
+
+TRANSFORM = "layer_drop"
+
+
+class LayerDropping(CompressionTechnique):
+    """Skip each droppable block with probability ``p`` while training, then remove ``remove`` of them at
+    ``prune_at`` and retrain the shallower network.
+
+    A droppable block is a residual block whose identity path makes skipping valid (its output has its input's
+    shape and adds the input back): found by tracing the network, declared by the model (a ``droppable`` attribute
+    on the block), or named with ``blocks``. While training, block l of L is skipped with probability ``p``
+    (``rule=uniform``, LayerDrop) or ``(l / L) p`` (``linear``, stochastic depth); the draw is seeded by
+    ``seed``, the epoch and the batch index, so every DDP rank skips the same blocks and a resumed run draws what
+    the uninterrupted one did. With ``rescale`` a kept block's residual ``block(x) - x`` is scaled by
+    ``1 / (1 - p_l)``, so that in eval every block runs as written. Under DDP a skipped block still runs, with its
+    residual multiplied by 0, so the gradient graph stays the same on every step (training is then not faster).
+
+    At ``prune_at`` the blocks chosen by ``removal`` are replaced by ``nn.Identity`` (a recorded transform,
+    replayed by checkpoints and the artifact): ``every_other`` spreads them evenly over the depth (LayerDrop's
+    rule), ``least_important`` takes those whose skipping raises the validation loss least, measured on
+    ``importance_batches`` batches (cross-entropy of the network's output; batches ``(input, target)``). The
+    optimizer and the DDP wrapper are rebuilt, the other techniques are told; dropping stops and the shallower
+    network retrains.
+
+    Args:
+        p: drop probability in [0, 1): every block's (``uniform``) or the deepest block's (``linear``).
+        rule: ``uniform`` or ``linear``.
+        rescale: scale kept blocks' residuals by ``1 / (1 - p_l)`` while training (eval runs the blocks as they are).
+        blocks: name patterns (glob or ``re:``) of the blocks to drop; ``None`` finds them in the network.
+        exclude: name patterns of blocks never dropped nor removed.
+        prune_at: when blocks are removed: an epoch (int), a fraction of the run (float) or ``"step:N"``; ``None``
+            only drops (a regularizer: every block stays).
+        remove: how many droppable blocks go at ``prune_at``: a count (int >= 1), a fraction of them (float in
+            (0, 1], rounded half up), or a list of block names.
+        removal: ``every_other`` or ``least_important`` (ignored when ``remove`` lists names).
+        importance_batches: validation batches ``least_important`` measures each skipped block on.
+        seed: seed of the drop draws.
+
+    Raises:
+        ValueError: an argument outside its allowed values (named in the message).
+
+    Example:
+        >>> dropping = LayerDropping(p=0.3, prune_at=0.6, remove=0.5)
+        >>> trainer = L.Trainer(callbacks=[dropping])  # doctest: +SKIP
+    """
+
+    technique = "LayerDropping"
+    when_arguments = ("prune_at",)
+    changes_structure = True
+
+    def __init__(
+        self,
+        p: float = 0.2,
+        rule: str = "uniform",
+        rescale: bool = True,
+        blocks: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        prune_at: int | float | str | None = 0.5,
+        remove: int | float | Sequence[str] = 0.5,
+        removal: str = "every_other",
+        importance_batches: int = 8,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.p = check_fraction("p", p)
+        if rule not in depth.DROP_RULES:
+            raise ValueError(f"rule must be one of {list(depth.DROP_RULES)}, got {rule!r}")
+        self.rule = rule
+        if not isinstance(rescale, bool):
+            raise ValueError(f"rescale must be true or false, got {rescale!r}")
+        self.rescale = rescale
+        self.blocks_patterns = None if blocks is None else check_patterns(blocks, ())[0]
+        self.exclude = check_patterns(("*",), exclude)[1]
+        self.prune_at = None if prune_at is None else check_when("prune_at", prune_at)
+        if isinstance(remove, bool) or not (
+            (isinstance(remove, int) and remove >= 1) or (isinstance(remove, float) and 0.0 < remove <= 1.0)
+            or (isinstance(remove, Sequence) and not isinstance(remove, str) and len(remove) > 0
+                and all(isinstance(n, str) for n in remove))
+        ):
+            raise ValueError("remove must be a number of blocks (int >= 1), a fraction of the droppable blocks "
+                             f"(float in (0, 1]) or a non-empty list of block names, got {remove!r}")
+        self.remove = list(remove) if isinstance(remove, Sequence) and not isinstance(remove, str) else remove
+        if removal not in depth.REMOVAL_RULES:
+            raise ValueError(f"removal must be one of {list(depth.REMOVAL_RULES)}, got {removal!r}")
+        self.removal = removal
+        if (removal == "least_important" and not isinstance(self.remove, list) and self.prune_at is not None
+                and is_run_start(self.prune_at)):
+            raise ValueError(f"removal=least_important measures the trained network, but prune_at={prune_at!r} is "
+                             "the start of the run: remove later, or use removal=every_other or a list of blocks")
+        self.importance_batches = check_count("importance_batches", importance_batches)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        self.seed = seed
+
+        self.blocks: list[str] = []  # the droppable blocks, in depth order (check_model)
+        self.probabilities: list[float] = []
+        # Saved in checkpoints: the removed blocks and the losses that chose them.
+        self.removed_blocks: list[str] = []
+        self.losses: dict[str, float] = {}
+        self.loss_full: float | None = None  # validation loss right before the removal, all blocks running
+        self.loss_removed: float | None = None  # ... and with the removed blocks skipped (before retraining)
+        self._dropping = False
+        self._batches: list[Any] | None = None
+        self.skipped_last = 0
+
+    @property
+    def structure_change_at(self) -> str | None:  # type: ignore[override]
+        return "prune_at" if self.prune_at is not None else None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(p=self.p, rule=self.rule)
+
+    # --- selection -----------------------------------------------------------------------------------------
+
+    @override
+    def check_model(self, net: nn.Module, example_input: torch.Tensor | None = None) -> None:
+        """Find the droppable blocks of ``net``; raise ``ValueError`` naming the argument when there is none, a
+        named block cannot be skipped, or ``remove`` asks for more blocks than there are."""
+        if example_input is None:
+            raise ValueError("LayerDropping runs the network once to check its blocks' shapes and needs an example "
+                             "input: set self.example_input_array = torch.zeros(1, ...) in the LightningModule")
+        if self.blocks_patterns is None:
+            found = depth.droppable_blocks(net, example_input)
+            if not found:
+                raise ValueError(f"{type(net).__name__} has no droppable block (a residual block adding its input "
+                                 "back, output shaped like its input): name blocks with `blocks` patterns, or "
+                                 "declare them with a `droppable = True` attribute on the block module")
+        else:
+            found = depth.named_blocks(net, self.blocks_patterns, example_input)
+        for pattern in self.exclude:
+            if not any(name_matches(n, pattern) for n in found):
+                raise ValueError(f"exclude: pattern {pattern!r} matches no droppable block; droppable: "
+                                 f"{', '.join(found)}")
+        blocks = [n for n in found if not any(name_matches(n, p) for p in self.exclude)]
+        if not blocks:
+            raise ValueError(f"exclude {self.exclude} leaves no droppable block of {', '.join(found)}")
+        if isinstance(self.remove, list):
+            unknown = [n for n in self.remove if n not in blocks]
+            if unknown:
+                raise ValueError(f"remove: {unknown} are not droppable blocks; droppable: {', '.join(blocks)}")
+        elif self.remove_count(len(blocks)) > len(blocks):
+            raise ValueError(f"remove={self.remove} blocks, but {type(net).__name__} has {len(blocks)} droppable "
+                             f"blocks ({', '.join(blocks)}); allowed: 1 to {len(blocks)}, or a fraction in (0, 1]")
+        self.blocks = blocks
+        self.probabilities = depth.drop_probabilities(len(blocks), self.p, self.rule)
+
+    def remove_count(self, count: int) -> int:
+        """How many of ``count`` droppable blocks go at ``prune_at``."""
+        if isinstance(self.remove, list):
+            return len(self.remove)
+        if isinstance(self.remove, float):
+            return max(1, int(self.remove * count + 0.5))
+        return self.remove
+
+    @override
+    def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                          techniques: list[CompressionTechnique]) -> None:
+        removal = self.fraction_at("prune_at", trainer) if self.prune_at is not None else None
+        for other in techniques:
+            if other is self:
+                continue
+            if isinstance(other, LayerDropping):
+                raise ValueError("one LayerDropping per run: it covers every droppable block; use `blocks` and "
+                                 "`exclude` to choose them")
+            if isinstance(other, QuantizationAwareTraining) and other.scheme.name == "int8" and self.prune_at is None:
+                raise ValueError("int8 QAT traces the network once, and LayerDropping without prune_at skips blocks "
+                                 "to the end of the run, which a traced graph cannot do: set prune_at before QAT's "
+                                 "start (blocks are removed, dropping stops, then int8 QAT traces the shallower "
+                                 "network)")
+            if isinstance(other, (StructuredPruning, LayerSwap)) and removal is not None:
+                moment = other.structure_change_at
+                change = other.fraction_at(moment, trainer)
+                if change is None:
+                    continue
+                if change > removal or (change == removal and techniques.index(other) > techniques.index(self)):
+                    raise ValueError(f"{other.technique} changes layers at {moment}={getattr(other, moment)!r}, after "
+                                     f"LayerDropping removes blocks at prune_at={self.prune_at!r}: it chose its "
+                                     f"layers on the full-depth network. Change them first: {moment} before "
+                                     f"prune_at (or the same moment, {other.technique} listed first)")
+
+    # --- hooks -----------------------------------------------------------------------------------------------
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not self.blocks:
+            self.check_model(self.net_of(pl_module), example_input(pl_module, self.technique))
+        super().setup(trainer, pl_module, stage)
+        if self.prune_at is not None:
+            self.check_before_end("prune_at", "the shallower network would never be retrained")
+        plan = (f"{self.remove_count(len(self.blocks))} removed at {self.prune_at!r} ({self.removal})"
+                if self.prune_at is not None else "none removed")
+        rank_zero_info(f"LayerDropping: {len(self.blocks)} droppable blocks ({', '.join(self.blocks)}), p={self.p} "
+                       f"({self.rule}); {plan}")
+        if self.prune_at is not None and is_run_start(self.prune_at) and not self.removed(pl_module):
+            self._remove(trainer, pl_module, during_fit=False)
+
+    def removed(self, pl_module: L.LightningModule) -> bool:
+        """Whether the module's record holds the removal."""
+        return any(entry["transform"] == TRANSFORM for entry in pl_module.transforms)
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.prune_at is not None and self.step_at("prune_at") >= self.total_steps and not self.removed(pl_module):
+            raise ValueError(f"prune_at={self.prune_at} is step {self.step_at('prune_at')}, at or after the end of "
+                             f"training ({self.total_steps} steps): the shallower network would never be retrained")
+        if not self.removed(pl_module) and self.p > 0:
+            # Under DDP a skipped block still runs (times 0): every parameter is in every step's graph.
+            depth.make_droppable(self.net_of(pl_module), self.blocks, compute_skipped=trainer.world_size > 1)
+            self._dropping = True
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+                             ) -> None:
+        if self.removed(pl_module):
+            return
+        if self.prune_at is not None and trainer.global_step >= self.step_at("prune_at"):
+            self._remove(trainer, pl_module, during_fit=True)
+            rank_zero_info(f"LayerDropping: removed {', '.join(self.removed_blocks)} at step {trainer.global_step}")
+            return
+        if self._dropping:
+            factors = self.drop_factors(trainer.current_epoch, batch_idx)
+            depth.set_drop_factors(self.net_of(pl_module), factors)
+            self.skipped_last = sum(f == 0.0 for f in factors.values())
+            pl_module.log("layerdrop/skipped", float(self.skipped_last), on_step=True, on_epoch=False,
+                          sync_dist=False, rank_zero_only=True)
+
+    def drop_factors(self, epoch: int, batch_idx: int) -> dict[str, float]:
+        """Each droppable block's factor for the batch ``batch_idx`` of ``epoch``: 0 when skipped, else 1 (or
+        ``1 / (1 - p_l)`` with ``rescale``). A function of the seed, the epoch and the batch index only."""
+        generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + batch_idx)
+                                                  % (2**63 - 1))
+        draws = torch.rand(len(self.blocks), generator=generator).tolist()
+        return {name: (0.0 if u < p else (1.0 / (1.0 - p) if self.rescale else 1.0))
+                for name, u, p in zip(self.blocks, draws, self.probabilities, strict=True)}
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._dropping:  # the network leaves the fit with its blocks' own forward
+            depth.undo_droppable(self.net_of(pl_module), self.blocks)
+            self._dropping = False
+
+    # --- removal -----------------------------------------------------------------------------------------------
+
+    def choose(self, trainer: L.Trainer | None, pl_module: L.LightningModule) -> list[str]:
+        """The blocks removed at ``prune_at``, in depth order."""
+        if isinstance(self.remove, list):
+            return [n for n in self.blocks if n in self.remove]
+        count = self.remove_count(len(self.blocks))
+        if self.removal == "every_other" or trainer is None:
+            return [self.blocks[i] for i in depth.every_other(len(self.blocks), count)]
+        self.losses = {name: self.loss_skipping(trainer, pl_module, [name]) for name in self.blocks}
+        chosen = depth.least_important(self.losses, count)
+        return list(trainer.strategy.broadcast(chosen, src=0))  # one choice on every rank, whatever its shard
+
+    def loss_skipping(self, trainer: L.Trainer, pl_module: L.LightningModule, names: Sequence[str]) -> float:
+        """The mean cross-entropy on ``importance_batches`` validation batches (training batches when the run has
+        no validation) with the blocks ``names`` skipped, the network in eval."""
+        if self._batches is None:
+            self._batches = self._importance_batches(trainer)
+        net = self.net_of(pl_module)
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad(), depth.skipping(net, names):
+                return sum(F.cross_entropy(net(x), y).item() for x, y in self._batches) / max(len(self._batches), 1)
+        finally:
+            net.train(was_training)
+
+    def _importance_batches(self, trainer: L.Trainer) -> list[Any]:
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
+        loaders = trainer.val_dataloaders
+        if not loaders:
+            rank_zero_warn("LayerDropping: no validation data; least_important measures on training batches")
+            loaders = trainer.train_dataloader
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        batches = []
+        for batch in loader:
+            if len(batches) == self.importance_batches:
+                break
+            batches.append(trainer.strategy.batch_to_device(batch))
+        return batches
+
+    def _remove(self, trainer: L.Trainer | None, pl_module: L.LightningModule, during_fit: bool) -> None:
+        names = self.choose(trainer, pl_module)
+        if trainer is not None and during_fit:  # what the removal costs before retraining (report)
+            self.loss_full = self.loss_skipping(trainer, pl_module, [])
+            self.loss_removed = self.loss_skipping(trainer, pl_module, names)
+        self._batches = None
+        depth.undo_droppable(self.net_of(pl_module), self.blocks)
+        self._dropping = False
+        self.removed_blocks = names
+        if trainer is None:
+            pl_module.apply_transform(TRANSFORM, blocks=names)
+        else:
+            change_structure(trainer, pl_module, TRANSFORM, during_fit=during_fit, blocks=names)
+
+    @override
+    def finalize(self, pl_module: L.LightningModule) -> None:
+        """A run that ended before ``prune_at`` (shortened for a quick look) still exports the shallower network
+        (``least_important`` needs data: it falls back to ``every_other`` there, and says so)."""
+        if self.prune_at is None or self.removed(pl_module) or not self.blocks:
+            return
+        if self.removal == "least_important" and not isinstance(self.remove, list):
+            rank_zero_warn("LayerDropping: the run ended before prune_at; blocks removed every other one "
+                           "(least_important needs the validation data of a fit)")
+        self._remove(None, pl_module, during_fit=False)
+
+    # --- report, checkpoint --------------------------------------------------------------------------------
+
+    @override
+    def report_fields(self, net: nn.Module) -> dict[str, int | float | str]:
+        """The drop rule, the droppable and removed blocks, and the losses that chose them."""
+        fields: dict[str, int | float | str] = {
+            "layerdrop/p": self.p, "layerdrop/rule": self.rule, "layerdrop/droppable": len(self.blocks),
+            "layerdrop/removed": len(self.removed_blocks),
+            "layerdrop/removed_blocks": ",".join(self.removed_blocks) or "none",
+            "layerdrop/removal": "listed" if isinstance(self.remove, list) else self.removal}
+        if self.loss_full is not None and self.loss_removed is not None:
+            fields["layerdrop/val_loss_before_removal"] = self.loss_full
+            fields["layerdrop/val_loss_blocks_removed"] = self.loss_removed
+        for name, value in self.losses.items():
+            fields[f"layerdrop/loss_skipped/{name}"] = value
+        return fields
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"removed_blocks": list(self.removed_blocks), "losses": dict(self.losses),
+                "loss_full": self.loss_full, "loss_removed": self.loss_removed}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.removed_blocks = [str(n) for n in state_dict["removed_blocks"]]
+        self.losses = {str(k): float(v) for k, v in state_dict["losses"].items()}
+        self.loss_full, self.loss_removed = state_dict.get("loss_full"), state_dict.get("loss_removed")
