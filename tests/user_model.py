@@ -91,3 +91,36 @@ class UnsavedArguments(CompressionMixin, PlainClassifier):
     def __init__(self, width: int) -> None:
         super().__init__()
         self.backbone = ResidualDepthwiseNet(width)
+
+
+class ResidualBlock(nn.Module):
+    """A user's pre-activation residual block: ``x + body(x)``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResidualStack(nn.Module):
+    """A stem convolution, ``depth`` residual blocks, pooling to 4x4 and a linear classifier."""
+
+    def __init__(self, width: int = 16, depth: int = 4, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, 3, padding=1)
+        self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(depth)))
+        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(width * 16, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+class ResidualStackClassifier(DigitsClassifier):
+    """The same training code around a stack of the user's residual blocks."""
+
+    def __init__(self, width: int = 16, depth: int = 4, lr: float = 5e-3) -> None:
+        super().__init__(width, lr)
+        self.save_hyperparameters()
+        self.backbone = ResidualStack(width, depth)

@@ -15,6 +15,6 @@ from lightning_micro.callbacks.structured_pruning import StructuredPruning
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.callbacks.tt_layer_swap import TTLayerSwap
 
-__all__ = ["CompressionTechnique", "DivergenceGuard", "GradualMagnitudePruning", "InterruptionCheckpoint", "LayerDropping",
-           "LayerSwap",
-           "LowRankDecomposition", "QuantizationAwareTraining", "StructuredPruning", "TTLayerSwap"]
+__all__ = ["CompressionTechnique", "DivergenceGuard", "GradualMagnitudePruning", "InterruptionCheckpoint",
+           "LayerDropping", "LayerSwap", "LowRankDecomposition", "QuantizationAwareTraining", "StructuredPruning",
+           "TTLayerSwap"]

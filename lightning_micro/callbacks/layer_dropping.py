@@ -98,7 +98,7 @@ class LayerDropping(CompressionTechnique):
         if not isinstance(rescale, bool):
             raise ValueError(f"rescale must be true or false, got {rescale!r}")
         self.rescale = rescale
-        self.blocks_patterns = None if blocks is None else check_patterns(blocks, ())[0]
+        self.blocks = None if blocks is None else check_patterns(blocks, ())[0]
         self.exclude = check_patterns(("*",), exclude)[1]
         self.prune_at = None if prune_at is None else check_when("prune_at", prune_at)
         if isinstance(remove, bool) or not (
@@ -121,7 +121,7 @@ class LayerDropping(CompressionTechnique):
             raise ValueError(f"seed must be an integer, got {seed!r}")
         self.seed = seed
 
-        self.blocks: list[str] = []  # the droppable blocks, in depth order (check_model)
+        self.droppable: list[str] = []  # the droppable blocks, in depth order (check_model)
         self.probabilities: list[float] = []
         # Saved in checkpoints: the removed blocks and the losses that chose them.
         self.removed_blocks: list[str] = []
@@ -149,14 +149,14 @@ class LayerDropping(CompressionTechnique):
         if example_input is None:
             raise ValueError("LayerDropping runs the network once to check its blocks' shapes and needs an example "
                              "input: set self.example_input_array = torch.zeros(1, ...) in the LightningModule")
-        if self.blocks_patterns is None:
+        if self.blocks is None:
             found = depth.droppable_blocks(net, example_input)
             if not found:
                 raise ValueError(f"{type(net).__name__} has no droppable block (a residual block adding its input "
                                  "back, output shaped like its input): name blocks with `blocks` patterns, or "
                                  "declare them with a `droppable = True` attribute on the block module")
         else:
-            found = depth.named_blocks(net, self.blocks_patterns, example_input)
+            found = depth.named_blocks(net, self.blocks, example_input)
         for pattern in self.exclude:
             if not any(name_matches(n, pattern) for n in found):
                 raise ValueError(f"exclude: pattern {pattern!r} matches no droppable block; droppable: "
@@ -171,7 +171,7 @@ class LayerDropping(CompressionTechnique):
         elif self.remove_count(len(blocks)) > len(blocks):
             raise ValueError(f"remove={self.remove} blocks, but {type(net).__name__} has {len(blocks)} droppable "
                              f"blocks ({', '.join(blocks)}); allowed: 1 to {len(blocks)}, or a fraction in (0, 1]")
-        self.blocks = blocks
+        self.droppable = blocks
         self.probabilities = depth.drop_probabilities(len(blocks), self.p, self.rule)
 
     def remove_count(self, count: int) -> int:
@@ -214,15 +214,15 @@ class LayerDropping(CompressionTechnique):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not self.blocks:
+        if not self.droppable:
             self.check_model(self.net_of(pl_module), example_input(pl_module, self.technique))
         super().setup(trainer, pl_module, stage)
         if self.prune_at is not None:
             self.check_before_end("prune_at", "the shallower network would never be retrained")
-        plan = (f"{self.remove_count(len(self.blocks))} removed at {self.prune_at!r} ({self.removal})"
+        plan = (f"{self.remove_count(len(self.droppable))} removed at {self.prune_at!r} ({self.removal})"
                 if self.prune_at is not None else "none removed")
-        rank_zero_info(f"LayerDropping: {len(self.blocks)} droppable blocks ({', '.join(self.blocks)}), p={self.p} "
-                       f"({self.rule}); {plan}")
+        rank_zero_info(f"LayerDropping: {len(self.droppable)} droppable blocks ({', '.join(self.droppable)}), "
+                       f"p={self.p} ({self.rule}); {plan}")
         if self.prune_at is not None and is_run_start(self.prune_at) and not self.removed(pl_module):
             self._remove(trainer, pl_module, during_fit=False)
 
@@ -238,7 +238,7 @@ class LayerDropping(CompressionTechnique):
                              f"training ({self.total_steps} steps): the shallower network would never be retrained")
         if not self.removed(pl_module) and self.p > 0:
             # Under DDP a skipped block still runs (times 0): every parameter is in every step's graph.
-            depth.make_droppable(self.net_of(pl_module), self.blocks, compute_skipped=trainer.world_size > 1)
+            depth.make_droppable(self.net_of(pl_module), self.droppable, compute_skipped=trainer.world_size > 1)
             self._dropping = True
 
     @override
@@ -262,14 +262,14 @@ class LayerDropping(CompressionTechnique):
         ``1 / (1 - p_l)`` with ``rescale``). A function of the seed, the epoch and the batch index only."""
         generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + batch_idx)
                                                   % (2**63 - 1))
-        draws = torch.rand(len(self.blocks), generator=generator).tolist()
+        draws = torch.rand(len(self.droppable), generator=generator).tolist()
         return {name: (0.0 if u < p else (1.0 / (1.0 - p) if self.rescale else 1.0))
-                for name, u, p in zip(self.blocks, draws, self.probabilities, strict=True)}
+                for name, u, p in zip(self.droppable, draws, self.probabilities, strict=True)}
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._dropping:  # the network leaves the fit with its blocks' own forward
-            depth.undo_droppable(self.net_of(pl_module), self.blocks)
+            depth.undo_droppable(self.net_of(pl_module), self.droppable)
             self._dropping = False
 
     # --- removal -----------------------------------------------------------------------------------------------
@@ -277,11 +277,11 @@ class LayerDropping(CompressionTechnique):
     def choose(self, trainer: L.Trainer | None, pl_module: L.LightningModule) -> list[str]:
         """The blocks removed at ``prune_at``, in depth order."""
         if isinstance(self.remove, list):
-            return [n for n in self.blocks if n in self.remove]
-        count = self.remove_count(len(self.blocks))
+            return [n for n in self.droppable if n in self.remove]
+        count = self.remove_count(len(self.droppable))
         if self.removal == "every_other" or trainer is None:
-            return [self.blocks[i] for i in depth.every_other(len(self.blocks), count)]
-        self.losses = {name: self.loss_skipping(trainer, pl_module, [name]) for name in self.blocks}
+            return [self.droppable[i] for i in depth.every_other(len(self.droppable), count)]
+        self.losses = {name: self.loss_skipping(trainer, pl_module, [name]) for name in self.droppable}
         chosen = depth.least_important(self.losses, count)
         return list(trainer.strategy.broadcast(chosen, src=0))  # one choice on every rank, whatever its shard
 
@@ -303,7 +303,8 @@ class LayerDropping(CompressionTechnique):
         trainer.fit_loop.epoch_loop.val_loop.setup_data()
         loaders = trainer.val_dataloaders
         if not loaders:
-            rank_zero_warn("LayerDropping: no validation data; least_important measures on training batches")
+            rank_zero_warn("LayerDropping: no validation data; the losses of skipped blocks are measured on training "
+                           "batches")
             loaders = trainer.train_dataloader
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         batches = []
@@ -319,7 +320,7 @@ class LayerDropping(CompressionTechnique):
             self.loss_full = self.loss_skipping(trainer, pl_module, [])
             self.loss_removed = self.loss_skipping(trainer, pl_module, names)
         self._batches = None
-        depth.undo_droppable(self.net_of(pl_module), self.blocks)
+        depth.undo_droppable(self.net_of(pl_module), self.droppable)
         self._dropping = False
         self.removed_blocks = names
         if trainer is None:
@@ -331,7 +332,7 @@ class LayerDropping(CompressionTechnique):
     def finalize(self, pl_module: L.LightningModule) -> None:
         """A run that ended before ``prune_at`` (shortened for a quick look) still exports the shallower network
         (``least_important`` needs data: it falls back to ``every_other`` there, and says so)."""
-        if self.prune_at is None or self.removed(pl_module) or not self.blocks:
+        if self.prune_at is None or self.removed(pl_module) or not self.droppable:
             return
         if self.removal == "least_important" and not isinstance(self.remove, list):
             rank_zero_warn("LayerDropping: the run ended before prune_at; blocks removed every other one "
@@ -344,7 +345,7 @@ class LayerDropping(CompressionTechnique):
     def report_fields(self, net: nn.Module) -> dict[str, int | float | str]:
         """The drop rule, the droppable and removed blocks, and the losses that chose them."""
         fields: dict[str, int | float | str] = {
-            "layerdrop/p": self.p, "layerdrop/rule": self.rule, "layerdrop/droppable": len(self.blocks),
+            "layerdrop/p": self.p, "layerdrop/rule": self.rule, "layerdrop/droppable": len(self.droppable),
             "layerdrop/removed": len(self.removed_blocks),
             "layerdrop/removed_blocks": ",".join(self.removed_blocks) or "none",
             "layerdrop/removal": "listed" if isinstance(self.remove, list) else self.removal}

@@ -113,9 +113,11 @@ def droppable_blocks(net: nn.Module, example_input: torch.Tensor) -> list[str]:
 def named_blocks(net: nn.Module, patterns: Sequence[str], example_input: torch.Tensor) -> list[str]:
     """The modules of ``net`` matching ``patterns`` (glob or ``re:``), as the blocks to drop, in call order.
 
+    A module inside another matched one is left out (``layer1.*`` selects ``layer1``'s blocks, not their layers).
+
     Raises:
-        ValueError: a pattern matching no module, blocks nested in one another, a block the forward pass does not
-            call, or one whose output shape differs from its input's (skipping it cannot give its output).
+        ValueError: a pattern matching no module, a block the forward pass does not call, or one whose output
+            shape differs from its input's (skipping it cannot give its output).
     """
     names = [n for n, _ in net.named_modules() if n]
     chosen: list[str] = []
@@ -124,10 +126,7 @@ def named_blocks(net: nn.Module, patterns: Sequence[str], example_input: torch.T
         if not matched:
             raise ValueError(f"blocks: pattern {pattern!r} matches no module of {type(net).__name__}")
         chosen += [n for n in matched if n not in chosen]
-    nested = [(a, b) for a in chosen for b in chosen if b.startswith(a + ".")]
-    if nested:
-        raise ValueError(f"blocks: {nested[0][1]!r} is inside {nested[0][0]!r}; name blocks that do not contain "
-                         "one another")
+    chosen = _outermost(chosen)  # "layer1.*" names layer1's blocks, not also the layers inside them
     shapes = _call_shapes(net, chosen, example_input)
     for name in chosen:
         if name not in shapes:

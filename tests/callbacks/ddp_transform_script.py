@@ -2,7 +2,7 @@
 transforms the network after the first epoch (the DDP wrapper is rebuilt), saving each rank's weights at the end
 of training (before QAT converts the network).
 
-    python tests/callbacks/ddp_transform_script.py OUT_DIR qat|tt|lowrank|tt_gmp|structured
+    python tests/callbacks/ddp_transform_script.py OUT_DIR qat|tt|lowrank|tt_gmp|structured|layerdrop
 """
 
 import subprocess
@@ -14,6 +14,7 @@ import torch
 
 from lightning_micro.callbacks import (
     GradualMagnitudePruning,
+    LayerDropping,
     LowRankDecomposition,
     QuantizationAwareTraining,
     StructuredPruning,
@@ -24,13 +25,23 @@ from lightning_micro.models import ClassifierModule
 
 
 class SaveWeightsPerRank(L.Callback):
+    """Saves each rank's weights and record at the end of training, and the drop factors each training step's
+    forward used (layer dropping; listed after it, so they are the step's own)."""
+
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.factors: list[dict[str, float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        factors = {n: m.__dict__["_layerdrop_factor"] for n, m in pl_module.net.named_modules()
+                   if m.__dict__.get("_layerdrop_factor") is not None}
+        if factors:
+            self.factors.append(factors)
 
     def on_train_end(self, trainer, pl_module):  # before on_fit_end converts the network
         weights = {n: p.detach().clone() for n, p in pl_module.net.named_parameters()}
-        torch.save({"weights": weights, "transforms": [e["transform"] for e in pl_module.transforms]},
-                   self.out / f"rank{trainer.global_rank}.pt")
+        torch.save({"weights": weights, "transforms": [e["transform"] for e in pl_module.transforms],
+                    "factors": self.factors}, self.out / f"rank{trainer.global_rank}.pt")
 
 
 def run_on_two_ranks(out: Path, technique: str) -> dict:
@@ -58,13 +69,20 @@ TECHNIQUES = {
     # channels masked over epoch 0 (kept sets broadcast from rank 0), removed at epoch 1: parameters, optimizer
     # state and the DDP wrapper rebuilt thinner, then trained on
     "structured": lambda: [StructuredPruning(channel_ratio=0.5, start=0, end=1, update_every=5)],
+    # blocks skipped over epoch 0 (the same on both ranks; a skipped block still runs, times 0, so the gradient
+    # graph stays whole), two of the four removed at epoch 1 and the shallower network trained on
+    "layerdrop": lambda: [LayerDropping(p=0.5, prune_at=1, remove=2)],
+}
+NETS = {  # a network with residual blocks where the technique needs one
+    "layerdrop": {"_target_": "lightning_micro.models.ResNet20", "input_shape": [1, 8, 8], "blocks_per_stage": 2,
+                  "widths": [8, 16, 16]},
 }
 
 if __name__ == "__main__":
     out, technique = Path(sys.argv[1]), sys.argv[2]
     L.seed_everything(0)
     module = ClassifierModule(
-        {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]},
+        NETS.get(technique, {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]}),
         {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9},
         input_shape=[1, 8, 8],
     )

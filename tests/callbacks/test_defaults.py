@@ -10,6 +10,7 @@ import yaml
 
 from lightning_micro.callbacks import (
     GradualMagnitudePruning,
+    LayerDropping,
     LowRankDecomposition,
     QuantizationAwareTraining,
     StructuredPruning,
@@ -18,7 +19,7 @@ from lightning_micro.callbacks import (
 from tests.conftest import CONF
 
 CLASSES = {"gmp": GradualMagnitudePruning, "qat": QuantizationAwareTraining, "tt": TTLayerSwap,
-           "lowrank": LowRankDecomposition, "structured": StructuredPruning}
+           "lowrank": LowRankDecomposition, "structured": StructuredPruning, "layerdrop": LayerDropping}
 
 
 def _plain(value):

@@ -45,6 +45,13 @@ TECHNIQUES = {
     # ... and interrupted while masking, before the removal at step 12
     "structured-masking": [*SMALL_RESNET, "compression=structured", "compression.structured.end=2",
                            "compression.structured.update_every=2"],
+    # blocks skipped with p=0.5 over epoch 0 (layer1.0 is the one-block-per-stage ResNet's droppable block), removed
+    # at step 6: interrupted after the removal
+    "layerdrop": [*SMALL_RESNET, "compression=layerdrop", "compression.layerdrop.p=0.5",
+                  "compression.layerdrop.prune_at=1"],
+    # ... and interrupted while dropping, before the removal at step 12: the resumed run draws the same skips
+    "layerdrop-dropping": [*SMALL_RESNET, "compression=layerdrop", "compression.layerdrop.p=0.5",
+                           "compression.layerdrop.prune_at=2"],
 }
 
 
@@ -126,7 +133,7 @@ def test_sigterm_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(techn
     assert state["global_step"] == INTERRUPT_AT
     loader = state["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert loader == [{"epoch": 1, "batches": INTERRUPT_AT - EPOCH, "batch_size": 64, "samples": 1257}]
-    if technique not in ("gmp", "structured-masking"):  # the network had changed its structure before it
+    if technique not in ("gmp", "structured-masking", "layerdrop-dropping"):  # the structure had changed before it
         assert state["lightning_micro/transforms"]
     _run(tmp_path / "resumed", [*overrides, f"ckpt_path={checkpoint}"])
     _assert_same_weights(tmp_path / "resumed", straight_runs[technique])

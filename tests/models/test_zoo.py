@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lightning_micro.instantiate import instantiate
+from lightning_micro.instantiate import ConfigError, instantiate
 from lightning_micro.models import LeNet5, LeNet300, MobileNet, MobileNetV2, ResNet20
 from lightning_micro.run import train
 from tests.conftest import FAST, compose_cfg, mnist_dir
@@ -79,11 +79,17 @@ def test_fast_dev_run(model, data, tmp_path):
 
 
 @pytest.mark.parametrize("model", ["lenet300", "mobilenet", "mobilenetv2", "resnet20"])
-@pytest.mark.parametrize("compression", [["compression=tt"], ["compression=lowrank"], ["compression=structured"]],
-                         ids=["tt", "lowrank", "structured"])
+@pytest.mark.parametrize("compression", [["compression=tt"], ["compression=lowrank"], ["compression=structured"],
+                                         ["compression=layerdrop"]], ids=["tt", "lowrank", "structured", "layerdrop"])
 def test_every_model_takes_the_structural_techniques_with_their_defaults(model, compression, tmp_path):
     cfg = compose_cfg([*FAST, f"model={model}", *compression, "debug=fdr"], tmp_path)
+    if compression == ["compression=layerdrop"] and model in ("lenet300", "mobilenet"):  # no residual block
+        with pytest.raises(ConfigError, match="has no droppable block"):
+            train(cfg)
+        return
     train(cfg)
     report = json.loads((tmp_path / "compression_report.json").read_text())
-    assert any(key.startswith(("tt/", "lowrank/", "structured/kept/")) for key in report)  # swapped or thinned
+    # swapped, thinned or made shallower
+    assert any(key.startswith(("tt/", "lowrank/", "structured/kept/")) for key in report) or report.get(
+        "layerdrop/removed", 0) > 0
     assert report["params/total"] < n_params(instantiate(cfg.model.net, "model.net"))
