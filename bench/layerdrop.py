@@ -4,7 +4,7 @@ LayerDrop, trained for the same epochs.
     LM_DATA_DIR=../shared/data python bench/layerdrop.py [--configs ...] [--seeds 42] [--jobs 2]
     python bench/layerdrop.py --speed [--rounds 9]      # after the runs: latencies re-measured together
 
-Per model, four runs of the same length (5 epochs, MNIST, seed 42, one thread per job):
+Per model, four runs of the same length (ResNet-20 5 epochs, MobileNetV2 2, MNIST, seed 42, one thread per job):
 
 - ``<model>_dense``: the full-depth network (ResNet-20's is the 5-epoch dense run of bench/structured.py, same
   recipe and seed, read from bench/results/structured.json when this script does not run it);

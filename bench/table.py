@@ -158,6 +158,25 @@ def structured_speed_rows(payload: dict) -> list[str]:
     return rows
 
 
+def layerdrop_rows(payload: dict) -> list[str]:
+    rows = []
+    for name, result in payload["results"].items():
+        run, figures = result["runs"][0], result["figures"]
+        delta = figures.get("delta_vs_dense_pp")
+        bars = "; ".join(f"{key} {b['measured']:.4g} vs {b['bar']:g}: {'met' if b['met'] else 'NOT met'}"
+                         for key, b in result.get("bars", {}).items()) or "-"
+        removed = (f"{run['layerdrop/removed']}/{run['layerdrop/droppable']}" if run.get("layerdrop/droppable")
+                   else "0")
+        losses = (f"{run['layerdrop/val_loss_before_removal']:.3f} -> {run['layerdrop/val_loss_blocks_removed']:.3f}"
+                  if run.get("layerdrop/val_loss_blocks_removed") is not None else "-")
+        rows.append(
+            f"| {name} | `{' '.join(result['overrides'])}` | {result['test_acc_mean']:.2%} | "
+            f"{'-' if delta is None else f'{delta:+.2f}'} | {removed} | {run['macs/effective']:,} "
+            f"({figures['macs_removed_pct']:.1f}% removed) | {losses} | {run['latency/speedup_b64']:.2f}x | {bars} |"
+        )
+    return rows
+
+
 if __name__ == "__main__":
     for title, name, render in (("baselines", "baselines.json", baseline_rows),
                                 ("gmp lenet300", "gmp_accuracy_lenet300.json", gmp_rows),
@@ -171,7 +190,9 @@ if __name__ == "__main__":
                                 ("composition seeds", "composition_seeds.json", composition_rows),
                                 ("structured", "structured.json", structured_rows),
                                 ("structured seeds", "structured_seeds.json", structured_rows),
-                                ("structured speed", "structured_speed.json", structured_speed_rows)):
+                                ("structured speed", "structured_speed.json", structured_speed_rows),
+                                ("layerdrop", "layerdrop.json", layerdrop_rows),
+                                ("layerdrop speed", "layerdrop_speed.json", structured_speed_rows)):
         payload = load(name)
         if payload:
             print(f"\n{title}:\n" + "\n".join(render(payload)))

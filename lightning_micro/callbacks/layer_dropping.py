@@ -198,6 +198,11 @@ class LayerDropping(CompressionTechnique):
                                  "start (blocks are removed, dropping stops, then int8 QAT traces the shallower "
                                  "network)")
             if isinstance(other, (StructuredPruning, LayerSwap)) and removal is not None:
+                if isinstance(other, LayerSwap):  # only layers inside a droppable block can vanish under it
+                    if not other.layers:
+                        other.check_model(self.net_of(pl_module))
+                    if not any(layer.startswith(block + ".") for layer in other.layers for block in self.droppable):
+                        continue
                 moment = other.structure_change_at
                 change = other.fraction_at(moment, trainer)
                 if change is None:
@@ -205,8 +210,9 @@ class LayerDropping(CompressionTechnique):
                 if change > removal or (change == removal and techniques.index(other) > techniques.index(self)):
                     raise ValueError(f"{other.technique} changes layers at {moment}={getattr(other, moment)!r}, after "
                                      f"LayerDropping removes blocks at prune_at={self.prune_at!r}: it chose its "
-                                     f"layers on the full-depth network. Change them first: {moment} before "
-                                     f"prune_at (or the same moment, {other.technique} listed first)")
+                                     f"layers on the full-depth network, inside blocks that may go. Change them "
+                                     f"first: {moment} before prune_at (or the same moment, {other.technique} listed "
+                                     "first)")
 
     # --- hooks -----------------------------------------------------------------------------------------------
 

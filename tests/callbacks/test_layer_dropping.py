@@ -21,6 +21,7 @@ from lightning_micro.callbacks import (
     LowRankDecomposition,
     QuantizationAwareTraining,
     StructuredPruning,
+    TTLayerSwap,
 )
 from lightning_micro.core import depth
 from lightning_micro.data import DigitsDataModule
@@ -229,6 +230,7 @@ OTHERS = {
     "qat8": lambda: QuantizationAwareTraining(start=2),  # traces the shallower network
     "qat4": lambda: QuantizationAwareTraining(weight_bits=4, activation_bits=32, start=0),
     "lowrank": lambda: LowRankDecomposition(swap_at=1, rank=4, include=["layer2.0.conv1"]),
+    "tt": lambda: TTLayerSwap(swap_at=1, ranks=4, include=["fc"]),
     "structured": lambda: StructuredPruning(channel_ratio=0.5, start=0, end=1, update_every=3),
 }
 
@@ -239,7 +241,7 @@ def test_layer_dropping_composes_with_each_technique(other, first, tmp_path):
     dropping = LayerDropping(p=0.3, prune_at=1, remove=0.5)  # layer1.1 and layer3.1 go at step 10
     technique = OTHERS[other]()
     techniques = [dropping, technique] if first else [technique, dropping]
-    if other in ("lowrank", "structured") and first:  # same moment, listed after the removal: refused
+    if other == "structured" and first:  # same moment, listed after the removal: refused
         with pytest.raises(ValueError, match=f"{technique.technique} changes layers at .* after LayerDropping "
                                              "removes blocks at prune_at=1"):
             fit(tmp_path, techniques)
@@ -262,11 +264,24 @@ def test_layer_dropping_composes_with_each_technique(other, first, tmp_path):
         assert "layer1.0.conv1.weight_codes" in state and not any(k.startswith("layer1.1.") for k in state)
     if other == "lowrank":
         assert "layer2.0.conv1.1" in modules
+    if other == "tt":
+        assert type(modules["fc"]).__name__ == "TTLinear"
     if other == "structured":
         assert state["layer1.0.conv1.weight"].shape[0] == 4
     x = torch.randn(8, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(deployed(x), module.net.eval()(x), atol=1e-5)
+
+
+def test_a_swap_inside_a_droppable_block_after_the_removal_is_refused(tmp_path):
+    # layer2.0 (a downsampling block) stays whatever LayerDropping removes; layer1.1 may go
+    late = [LayerDropping(p=0.3, prune_at=1), LowRankDecomposition(swap_at=2, rank=4, include=["layer1.1.conv1"])]
+    with pytest.raises(ValueError, match="LowRankDecomposition changes layers at swap_at=2, after LayerDropping "
+                                         "removes blocks at prune_at=1: it chose its layers on the full-depth network"):
+        fit(tmp_path, late)
+    early = [LowRankDecomposition(swap_at=1, rank=4, include=["layer1.1.conv1"]), LayerDropping(p=0.3, prune_at=1)]
+    fit(tmp_path, early, max_epochs=2)
+    assert early[1].removed_blocks == ["layer1.1", "layer3.1"]
 
 
 def test_int8_without_a_removal_is_refused(tmp_path):
