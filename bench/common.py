@@ -3,8 +3,10 @@ through the real command line."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -15,6 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 RUNS = ROOT / "bench" / "runs"
+if str(ROOT) not in sys.path:  # this checkout's lightning_micro, not another one installed in editable mode
+    sys.path.insert(1, str(ROOT))
 
 
 def write(path: Path, payload: dict) -> None:
@@ -71,3 +75,51 @@ def check_bars(figures: dict, bars: dict) -> dict:
     """``{figure: {"bar", "measured", "met"}}`` for the issue's bars (each figure must be at least its bar)."""
     return {key: {"bar": bar, "measured": figures.get(key),
                   "met": figures.get(key) is not None and figures[key] >= bar} for key, bar in bars.items()}
+
+
+def speed_against_dense(results: dict, models: tuple[str, ...], rounds: int) -> dict:
+    """Reload the artifact of every ``<model>_*`` run of ``results`` and time them all in this process: per model
+    and batch size (64, 1), the median over ``rounds`` interleaved rounds of ``torch.utils.benchmark`` medians (one
+    thread) and the speed-up against ``<model>_dense``."""
+    from lightning_micro.export import load_compressed
+    from lightning_micro.report import measure_latency_ms
+
+    measured = {}
+    for model in models:
+        names = [n for n in results if n.startswith(model + "_")]
+        nets = {n: load_compressed(ROOT / results[n]["runs"][0]["run_dir"] / "model.safetensors") for n in names}
+        for batch in (64, 1):
+            per_round = [measure_latency_ms(nets, [1, 28, 28], batch, num_threads=1, min_run_time=0.3, rounds=1)
+                         for _ in range(rounds)]
+            ms = {n: statistics.median(r[n] for r in per_round) for n in nets}
+            dense = ms[f"{model}_dense"]
+            measured.setdefault(model, {})[f"b{batch}"] = {"ms": ms,
+                                                           "speedup_vs_dense": {n: dense / v for n, v in ms.items()}}
+    return measured
+
+
+def cpu_name() -> str:
+    return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor())
+
+
+def bench_arguments(doc: str, configs: dict, default_configs: list[str], out: Path) -> argparse.Namespace:
+    """The command line every recipe bench takes: ``--configs``, ``--seeds``, ``--jobs``, ``--out``, ``--speed``
+    (re-measure latencies from the runs' artifacts) and ``--rounds``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=default_configs, choices=list(configs))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--speed", action="store_true", help="re-measure latencies from the runs' artifacts")
+    parser.add_argument("--rounds", type=int, default=9)
+    return parser.parse_args()
+
+
+def add_figures(results: dict, figures_of, bars: dict) -> dict:
+    """Each result's ``figures`` (``figures_of(name, results)``) and, where ``bars`` names it, its bars."""
+    for name, result in results.items():
+        result["figures"] = figures_of(name, results)
+        if name in bars:
+            result["bars"] = check_bars(result["figures"], bars[name])
+    return results

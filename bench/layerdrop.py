@@ -24,14 +24,18 @@ bench/results/layerdrop_speed.json.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import statistics
-import sys
-from pathlib import Path
 
-from common import RESULTS, ROOT, check_bars, delta_vs_dense_pp, run_recipes, write
+from common import (
+    RESULTS,
+    add_figures,
+    bench_arguments,
+    cpu_name,
+    delta_vs_dense_pp,
+    run_recipes,
+    speed_against_dense,
+    write,
+)
 
 NO_DROP = ["compression.layerdrop.p=0.0"]
 CONFIGS = {
@@ -60,27 +64,11 @@ MODELS = ("resnet20", "mobilenetv2")
 def speed(rounds: int) -> None:
     import torch
 
-    sys.path.insert(0, str(ROOT))
-    from lightning_micro.export import load_compressed
-    from lightning_micro.report import measure_latency_ms
-
     results = json.loads((RESULTS / "layerdrop.json").read_text())["results"]
-    measured = {}
-    for model in MODELS:
-        names = [n for n in results if n.startswith(model + "_")]
-        nets = {n: load_compressed(ROOT / results[n]["runs"][0]["run_dir"] / "model.safetensors") for n in names}
-        for batch in (64, 1):
-            per_round = [measure_latency_ms(nets, [1, 28, 28], batch, num_threads=1, min_run_time=0.3, rounds=1)
-                         for _ in range(rounds)]
-            ms = {n: statistics.median(r[n] for r in per_round) for n in nets}
-            dense = ms[f"{model}_dense"]
-            measured.setdefault(model, {})[f"b{batch}"] = {
-                "ms": ms, "speedup_vs_dense": {n: dense / v for n, v in ms.items()}}
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    measured = speed_against_dense(results, MODELS, rounds)
     write(RESULTS / "layerdrop_speed.json", {
         "benchmark": "forward of each run's reloaded artifact, CPU, 1 thread, no gradients, median of interleaved "
-                     "rounds of torch.utils.benchmark medians", "cpu": cpu, "torch": torch.__version__,
+                     "rounds of torch.utils.benchmark medians", "cpu": cpu_name(), "torch": torch.__version__,
         "rounds": rounds, "results": measured})
 
 
@@ -98,15 +86,8 @@ def figures_of(name: str, results: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=[c for c in CONFIGS if c != "resnet20_dense"],
-                        choices=list(CONFIGS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "layerdrop.json")
-    parser.add_argument("--speed", action="store_true", help="re-measure latencies from the runs' artifacts")
-    parser.add_argument("--rounds", type=int, default=9)
-    args = parser.parse_args()
+    args = bench_arguments(__doc__, CONFIGS, [c for c in CONFIGS if c != "resnet20_dense"],
+                           RESULTS / "layerdrop.json")
     if args.speed:
         speed(args.rounds)
         return
@@ -117,10 +98,7 @@ def main() -> None:
         if dense and dense["overrides"] == CONFIGS["resnet20_dense"]:
             results["resnet20_dense"] = {**{k: v for k, v in dense.items() if k not in ("figures", "bars")},
                                          "source": "bench/results/structured.json"}
-    for name, result in results.items():
-        result["figures"] = figures_of(name, results)
-        if name in BARS:
-            result["bars"] = check_bars(result["figures"], BARS[name])
+    add_figures(results, figures_of, BARS)
     write(args.out, {"benchmark": "layer dropping vs the full-depth recipe of the same model and the same shallow "
                                   "depth without LayerDrop, MNIST, 1 thread", "results": results})
 

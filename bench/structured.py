@@ -17,14 +17,19 @@ bench/results/structured_speed.json.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import statistics
-import sys
-from pathlib import Path
 
-from common import RESULTS, ROOT, check_bars, delta_vs_dense_pp, run_recipes, write
+from common import (
+    RESULTS,
+    ROOT,
+    add_figures,
+    bench_arguments,
+    cpu_name,
+    delta_vs_dense_pp,
+    run_recipes,
+    speed_against_dense,
+    write,
+)
 
 CONFIGS = {
     "resnet20_dense": ["experiment=baseline_resnet20_mnist"],
@@ -54,22 +59,10 @@ REPORT_KEYS = ("test/acc", "params/total", "params/dense_total", "size/artifact_
 def speed(rounds: int) -> None:
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from lightning_micro.export import load_compressed
-    from lightning_micro.report import measure_latency_ms
 
     results = json.loads((RESULTS / "structured.json").read_text())["results"]
-    measured = {}
-    for model in ("lenet5", "resnet20", "mobilenet"):
-        names = [n for n in results if n.startswith(model + "_")]
-        nets = {n: load_compressed(ROOT / results[n]["runs"][0]["run_dir"] / "model.safetensors") for n in names}
-        for batch in (64, 1):
-            per_round = [measure_latency_ms(nets, [1, 28, 28], batch, num_threads=1, min_run_time=0.3, rounds=1)
-                         for _ in range(rounds)]
-            ms = {n: statistics.median(r[n] for r in per_round) for n in nets}
-            dense = ms[f"{model}_dense"]
-            measured.setdefault(model, {})[f"b{batch}"] = {"ms": ms, "speedup_vs_dense": {n: dense / v
-                                                                                          for n, v in ms.items()}}
+    measured = speed_against_dense(results, ("lenet5", "resnet20", "mobilenet"), rounds)
     # Where the time goes in the thin LeNet-5, fp32 (rounded to multiples of 8) against its int8 twin: each layer
     # timed alone on the input it gets in the forward pass, batch 64.
     x = torch.randn(64, 1, 28, 28)
@@ -78,11 +71,9 @@ def speed(rounds: int) -> None:
         if name in results:
             net = load_compressed(ROOT / results[name]["runs"][0]["run_dir"] / "model.safetensors")
             per_layer[name] = layer_times(net, x)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     write(RESULTS / "structured_speed.json", {
         "benchmark": "forward of each run's reloaded artifact, CPU, 1 thread, no gradients, median of interleaved "
-                     "rounds of torch.utils.benchmark medians", "cpu": cpu, "torch": torch.__version__,
+                     "rounds of torch.utils.benchmark medians", "cpu": cpu_name(), "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rounds": rounds, "results": measured,
         "lenet5_per_layer_ms_b64": per_layer})
 
@@ -122,22 +113,12 @@ def figures_of(name: str, results: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "structured.json")
-    parser.add_argument("--speed", action="store_true", help="re-measure latencies from the runs' artifacts")
-    parser.add_argument("--rounds", type=int, default=9)
-    args = parser.parse_args()
+    args = bench_arguments(__doc__, CONFIGS, list(CONFIGS), RESULTS / "structured.json")
     if args.speed:
         speed(args.rounds)
         return
     results = run_recipes("struct", CONFIGS, args.configs, args.seeds, args.jobs, REPORT_KEYS, args.out)
-    for name, result in results.items():
-        result["figures"] = figures_of(name, results)
-        if name in BARS:
-            result["bars"] = check_bars(result["figures"], BARS[name])
+    add_figures(results, figures_of, BARS)
     write(args.out, {"benchmark": "structured pruning vs the dense recipe of the same model, MNIST, 1 thread",
                      "results": results})
 

@@ -116,14 +116,18 @@ def decomposition_speed_rows(payload: dict) -> list[str]:
     return rows
 
 
+def bars_text(result: dict) -> str:
+    return "; ".join(f"{key} {b['measured']:.4g} vs {b['bar']:g}: {'met' if b['met'] else 'NOT met'}"
+                     for key, b in result.get("bars", {}).items()) or "-"
+
+
 def composition_rows(payload: dict) -> list[str]:
     rows = []
     for name, result in payload["results"].items():
         run, figures = result["runs"][0], result["figures"]
         delta = figures.get("delta_vs_dense_pp")
         conv = figures.get("conv_macs_fewer_x")
-        bars = "; ".join(f"{key} {b['measured']:.4g} vs {b['bar']:g}: {'met' if b['met'] else 'NOT met'}"
-                         for key, b in result.get("bars", {}).items()) or "-"
+        bars = bars_text(result)
         rows.append(
             f"| {name} | `{' '.join(result['overrides'])}` | {result['test_acc_mean']:.2%} | "
             f"{'-' if delta is None else f'{delta:+.2f}'} | "
@@ -138,8 +142,7 @@ def structured_rows(payload: dict) -> list[str]:
     for name, result in payload["results"].items():
         run, figures = result["runs"][0], result["figures"]
         delta = figures.get("delta_vs_dense_pp")
-        bars = "; ".join(f"{key} {b['measured']:.4g} vs {b['bar']:g}: {'met' if b['met'] else 'NOT met'}"
-                         for key, b in result.get("bars", {}).items()) or "-"
+        bars = bars_text(result)
         rows.append(
             f"| {name} | `{' '.join(result['overrides'])}` | {result['test_acc_mean']:.2%} | "
             f"{'-' if delta is None else f'{delta:+.2f}'} | {run['params/total']:,} | {run['macs/effective']:,} "
@@ -163,8 +166,7 @@ def layerdrop_rows(payload: dict) -> list[str]:
     for name, result in payload["results"].items():
         run, figures = result["runs"][0], result["figures"]
         delta = figures.get("delta_vs_dense_pp")
-        bars = "; ".join(f"{key} {b['measured']:.4g} vs {b['bar']:g}: {'met' if b['met'] else 'NOT met'}"
-                         for key, b in result.get("bars", {}).items()) or "-"
+        bars = bars_text(result)
         removed = (f"{run['layerdrop/removed']}/{run['layerdrop/droppable']}" if run.get("layerdrop/droppable")
                    else "0")
         losses = (f"{run['layerdrop/val_loss_before_removal']:.3f} -> {run['layerdrop/val_loss_blocks_removed']:.3f}"
