@@ -7,7 +7,7 @@ The Lightning glue only: finding droppable blocks, the drop rules, skipping and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -37,7 +37,8 @@ class LayerDropping(CompressionTechnique):
 
     A droppable block is a residual block whose identity path makes skipping valid (its output has its input's
     shape and adds the input back): found by tracing the network, declared by the model (a ``droppable`` attribute
-    on the block), or named with ``blocks``. While training, block l of L is skipped with probability ``p``
+    on the block), or named with ``blocks``; a block that changes shape is droppable when ``shortcuts`` names the
+    submodule that runs in its place (its projection shortcut). While training, block l of L is skipped with probability ``p``
     (``rule=uniform``, LayerDrop) or ``(l / L) p`` (``linear``, stochastic depth); the draw is seeded by
     ``seed``, the epoch and the batch index, so every DDP rank skips the same blocks and a resumed run draws what
     the uninterrupted one did. With ``rescale`` a kept block's residual ``block(x) - x`` is scaled by
@@ -57,6 +58,9 @@ class LayerDropping(CompressionTechnique):
         rescale: scale kept blocks' residuals by ``1 / (1 - p_l)`` while training (eval runs the blocks as they are).
         blocks: name patterns (glob or ``re:``) of the blocks to drop; ``None`` finds them in the network.
         exclude: name patterns of blocks never dropped nor removed.
+        shortcuts: ``{block pattern: submodule name}``: blocks that change shape (a downsampling block with a
+            projection shortcut) made droppable by saying what runs in their place when skipped, and replaces them
+            when removed (e.g. ``{"layer2.0": "shortcut"}``); its output shape must be the block's.
         prune_at: when blocks are removed: an epoch (int), a fraction of the run (float) or ``"step:N"``; ``None``
             only drops (a regularizer: every block stays).
         remove: how many droppable blocks go at ``prune_at``: a count (int >= 1), a fraction of them (float in
@@ -84,6 +88,7 @@ class LayerDropping(CompressionTechnique):
         rescale: bool = True,
         blocks: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
+        shortcuts: Mapping[str, str] | None = None,
         prune_at: int | float | str | None = 0.5,
         remove: int | float | Sequence[str] = 0.5,
         removal: str = "every_other",
@@ -100,6 +105,13 @@ class LayerDropping(CompressionTechnique):
         self.rescale = rescale
         self.blocks = None if blocks is None else check_patterns(blocks, ())[0]
         self.exclude = check_patterns(("*",), exclude)[1]
+        if shortcuts is not None and not (isinstance(shortcuts, Mapping) and all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in shortcuts.items())):
+            raise ValueError(f"shortcuts must map block name patterns to submodule names, e.g. {{'layer2.0': "
+                             f"'shortcut'}}, got {shortcuts!r}")
+        self.shortcuts = None if shortcuts is None else {str(k): str(v) for k, v in shortcuts.items()}
+        for pattern in self.shortcuts or {}:
+            check_patterns((pattern,), ())
         self.prune_at = None if prune_at is None else check_when("prune_at", prune_at)
         if isinstance(remove, bool) or not (
             (isinstance(remove, int) and remove >= 1) or (isinstance(remove, float) and 0.0 < remove <= 1.0)
@@ -122,6 +134,7 @@ class LayerDropping(CompressionTechnique):
         self.seed = seed
 
         self.droppable: list[str] = []  # the droppable blocks, in depth order (check_model)
+        self.bypass: dict[str, str] = {}  # droppable blocks run as their shortcut submodule when skipped
         self.probabilities: list[float] = []
         # Saved in checkpoints: the removed blocks and the losses that chose them.
         self.removed_blocks: list[str] = []
@@ -149,14 +162,16 @@ class LayerDropping(CompressionTechnique):
         if example_input is None:
             raise ValueError("LayerDropping runs the network once to check its blocks' shapes and needs an example "
                              "input: set self.example_input_array = torch.zeros(1, ...) in the LightningModule")
+        bypass = depth.shortcut_blocks(net, self.shortcuts, example_input) if self.shortcuts else {}
         if self.blocks is None:
             found = depth.droppable_blocks(net, example_input)
+            found = depth.call_order(net, [*found, *(n for n in bypass if n not in found)], example_input)
             if not found:
                 raise ValueError(f"{type(net).__name__} has no droppable block (a residual block adding its input "
                                  "back, output shaped like its input): name blocks with `blocks` patterns, or "
                                  "declare them with a `droppable = True` attribute on the block module")
         else:
-            found = depth.named_blocks(net, self.blocks, example_input)
+            found = depth.named_blocks(net, self.blocks, example_input, reshaping=bypass)
         for pattern in self.exclude:
             if not any(name_matches(n, pattern) for n in found):
                 raise ValueError(f"exclude: pattern {pattern!r} matches no droppable block; droppable: "
@@ -172,6 +187,7 @@ class LayerDropping(CompressionTechnique):
             raise ValueError(f"remove={self.remove} blocks, but {type(net).__name__} has {len(blocks)} droppable "
                              f"blocks ({', '.join(blocks)}); allowed: 1 to {len(blocks)}, or a fraction in (0, 1]")
         self.droppable = blocks
+        self.bypass = {n: s for n, s in bypass.items() if n in blocks}
         self.probabilities = depth.drop_probabilities(len(blocks), self.p, self.rule)
 
     def remove_count(self, count: int) -> int:
@@ -244,7 +260,8 @@ class LayerDropping(CompressionTechnique):
                              f"training ({self.total_steps} steps): the shallower network would never be retrained")
         if not self.removed(pl_module) and self.p > 0:
             # Under DDP a skipped block still runs (times 0): every parameter is in every step's graph.
-            depth.make_droppable(self.net_of(pl_module), self.droppable, compute_skipped=trainer.world_size > 1)
+            depth.make_droppable(self.net_of(pl_module), self.droppable, compute_skipped=trainer.world_size > 1,
+                                 shortcuts=self.bypass)
             self._dropping = True
 
     @override
@@ -300,7 +317,7 @@ class LayerDropping(CompressionTechnique):
         was_training = net.training
         net.eval()
         try:
-            with torch.no_grad(), depth.skipping(net, names):
+            with torch.no_grad(), depth.skipping(net, names, self.bypass):
                 return sum(F.cross_entropy(net(x), y).item() for x, y in self._batches) / max(len(self._batches), 1)
         finally:
             net.train(was_training)
@@ -329,10 +346,12 @@ class LayerDropping(CompressionTechnique):
         depth.undo_droppable(self.net_of(pl_module), self.droppable)
         self._dropping = False
         self.removed_blocks = names
+        shortcuts = {n: self.bypass[n] for n in names if n in self.bypass}
+        args = {"blocks": names, **({"shortcuts": shortcuts} if shortcuts else {})}
         if trainer is None:
-            pl_module.apply_transform(TRANSFORM, blocks=names)
+            pl_module.apply_transform(TRANSFORM, **args)
         else:
-            change_structure(trainer, pl_module, TRANSFORM, during_fit=during_fit, blocks=names)
+            change_structure(trainer, pl_module, TRANSFORM, during_fit=during_fit, **args)
 
     @override
     def finalize(self, pl_module: L.LightningModule) -> None:

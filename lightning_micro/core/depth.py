@@ -17,7 +17,7 @@ import contextlib
 import math
 import operator
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -110,8 +110,10 @@ def droppable_blocks(net: nn.Module, example_input: torch.Tensor) -> list[str]:
     return [name for name, (shape_in, shape_out) in shapes.items() if shape_in == shape_out]
 
 
-def named_blocks(net: nn.Module, patterns: Sequence[str], example_input: torch.Tensor) -> list[str]:
-    """The modules of ``net`` matching ``patterns`` (glob or ``re:``), as the blocks to drop, in call order.
+def named_blocks(net: nn.Module, patterns: Sequence[str], example_input: torch.Tensor,
+                 reshaping: Collection[str] = ()) -> list[str]:
+    """The modules of ``net`` matching ``patterns`` (glob or ``re:``), as the blocks to drop, in call order
+    (``reshaping``: blocks allowed to change shape, since a shortcut replaces them).
 
     A module inside another matched one is left out (``layer1.*`` selects ``layer1``'s blocks, not their layers).
 
@@ -132,11 +134,45 @@ def named_blocks(net: nn.Module, patterns: Sequence[str], example_input: torch.T
         if name not in shapes:
             raise ValueError(f"blocks: {name!r} is not called with a tensor in the forward pass; it cannot be skipped")
         shape_in, shape_out = shapes[name]
-        if shape_in != shape_out:
+        if shape_in != shape_out and name not in reshaping:
             raise ValueError(f"blocks: {name!r} maps {list(shape_in)} to {list(shape_out)}; skipping it would not "
-                             "give its output shape, so it is not droppable (a downsampling block with a "
-                             "projection shortcut is not)")
+                             "give its output shape, so it is not droppable as it is: name the submodule that "
+                             "replaces it in `shortcuts` (e.g. {'" + name + "': 'shortcut'})")
     return list(shapes)
+
+
+def shortcut_blocks(net: nn.Module, shortcuts: Mapping[str, str], example_input: torch.Tensor) -> dict[str, str]:
+    """``{block: shortcut}`` for the modules matching each pattern of ``shortcuts`` (``{block pattern: name of
+    the submodule that replaces the block when it is skipped}``, e.g. ResNet's projection ``shortcut``): blocks
+    that change shape may be dropped this way, the shortcut giving their output shape.
+
+    Raises:
+        ValueError: a pattern matching no module, a block without that submodule, or a shortcut whose output shape
+            is not the block's.
+    """
+    names = [n for n, _ in net.named_modules() if n]
+    chosen: dict[str, str] = {}
+    for pattern, shortcut in shortcuts.items():
+        matched = _outermost([n for n in names if name_matches(n, pattern)])
+        if not matched:
+            raise ValueError(f"shortcuts: pattern {pattern!r} matches no module of {type(net).__name__}")
+        for name in matched:
+            if f"{name}.{shortcut}" not in names:
+                raise ValueError(f"shortcuts: {name!r} has no submodule {shortcut!r} to run in its place")
+            chosen.setdefault(name, str(shortcut))
+    shapes = _call_shapes(net, [*chosen, *(f"{n}.{s}" for n, s in chosen.items())], example_input)
+    for name, shortcut in chosen.items():
+        if name not in shapes or f"{name}.{shortcut}" not in shapes:
+            raise ValueError(f"shortcuts: {name!r} or its {shortcut!r} is not called with a tensor in the forward pass")
+        if shapes[name][1] != shapes[f"{name}.{shortcut}"][1]:
+            raise ValueError(f"shortcuts: {name!r} gives {list(shapes[name][1])} but its {shortcut!r} gives "
+                             f"{list(shapes[f'{name}.{shortcut}'][1])}; the shortcut must give the block's shape")
+    return {name: chosen[name] for name in shapes if name in chosen}  # in call order
+
+
+def call_order(net: nn.Module, names: Sequence[str], example_input: torch.Tensor) -> list[str]:
+    """``names`` in the order a forward pass of ``example_input`` first calls them."""
+    return list(_call_shapes(net, names, example_input))
 
 
 def drop_probabilities(count: int, p: float, rule: str) -> list[float]:
@@ -166,34 +202,49 @@ def least_important(losses: dict[str, float], remove: int) -> list[str]:
     return [names[i] for i in sorted(order[:remove])]
 
 
-# --- skipping ------------------------------------------------------------------------------------------------
+# --- skipping ---------------------------------------------------------------------------------------------------
 #
 # A block being dropped gets an instance ``forward`` (bound with types.MethodType, so deep copies bind to the
 # copy) that reads the block's ``_layerdrop_factor``: None runs the block as written; 0 skips it (its input is
-# its output); any other f gives ``x + f * (block(x) - x)`` (the kept block, rescaled). ``_layerdrop_compute``
-# makes a skipped block still run with factor 0, so every parameter takes part in the graph (DDP needs that).
+# its output, or its shortcut's output when the block names one in ``_layerdrop_shortcut``); any other f gives
+# ``skip + f * (block(x) - skip)`` (the kept block, rescaled). ``_layerdrop_compute`` makes a skipped block still
+# run with factor 0, so every parameter takes part in the graph (DDP needs that).
+
+_STATE = ("forward", "_layerdrop_factor", "_layerdrop_compute", "_layerdrop_shortcut")
+
+
+def _bypass(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    shortcut = block.__dict__.get("_layerdrop_shortcut")
+    return block.get_submodule(shortcut)(x) if shortcut else x
+
 
 def _dropping_forward(self: nn.Module, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
     factor = self.__dict__.get("_layerdrop_factor")
     if not self.training or factor is None:
         return type(self).forward(self, x, *args, **kwargs)
     if factor == 0.0 and not self.__dict__.get("_layerdrop_compute", False):
-        return x
+        return _bypass(self, x)
     out = type(self).forward(self, x, *args, **kwargs)
-    return out if factor == 1.0 else x + factor * (out - x)
+    if factor == 1.0:
+        return out
+    skip = _bypass(self, x)
+    return skip + factor * (out - skip)
 
 
 def _skipped_forward(self: nn.Module, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
-    return x
+    return _bypass(self, x)
 
 
-def make_droppable(net: nn.Module, names: Sequence[str], compute_skipped: bool = False) -> None:
-    """Let the blocks ``names`` be skipped while training (:func:`set_drop_factors`); in eval they run."""
+def make_droppable(net: nn.Module, names: Sequence[str], compute_skipped: bool = False,
+                   shortcuts: Mapping[str, str] | None = None) -> None:
+    """Let the blocks ``names`` be skipped while training (:func:`set_drop_factors`); in eval they run. A block
+    named in ``shortcuts`` runs that submodule of itself when skipped instead of passing its input through."""
     for name in names:
         block = net.get_submodule(name)
         block.forward = types.MethodType(_dropping_forward, block)
         block._layerdrop_factor = None
         block._layerdrop_compute = compute_skipped
+        block._layerdrop_shortcut = (shortcuts or {}).get(name)
 
 
 def undo_droppable(net: nn.Module, names: Sequence[str]) -> None:
@@ -203,7 +254,7 @@ def undo_droppable(net: nn.Module, names: Sequence[str]) -> None:
             block = net.get_submodule(name)
         except AttributeError:
             continue
-        for attr in ("forward", "_layerdrop_factor", "_layerdrop_compute"):
+        for attr in _STATE:
             block.__dict__.pop(attr, None)
 
 
@@ -214,31 +265,35 @@ def set_drop_factors(net: nn.Module, factors: dict[str, float | None]) -> None:
 
 
 @contextlib.contextmanager
-def skipping(net: nn.Module, names: Sequence[str]) -> Iterator[nn.Module]:
-    """Inside the block the modules ``names`` pass their input through, in training and in eval alike."""
+def skipping(net: nn.Module, names: Sequence[str], shortcuts: Mapping[str, str] | None = None
+             ) -> Iterator[nn.Module]:
+    """Inside the block the modules ``names`` pass their input through (or run their shortcut, for those in
+    ``shortcuts``), in training and in eval alike."""
     saved = {}
     for name in names:
         block = net.get_submodule(name)
-        saved[name] = block.__dict__.get("forward")
+        saved[name] = {attr: block.__dict__[attr] for attr in ("forward", "_layerdrop_shortcut")
+                       if attr in block.__dict__}
         block.forward = types.MethodType(_skipped_forward, block)
+        block._layerdrop_shortcut = (shortcuts or {}).get(name)
     try:
         yield net
     finally:
-        for name, forward in saved.items():
+        for name, state in saved.items():
             block = net.get_submodule(name)
-            if forward is None:
-                block.__dict__.pop("forward", None)
-            else:
-                block.forward = forward
+            for attr in ("forward", "_layerdrop_shortcut"):
+                block.__dict__.pop(attr, None)
+            block.__dict__.update(state)
 
 
-def remove_blocks(net: nn.Module, names: Sequence[str]) -> nn.Module:
-    """Replace the blocks ``names`` by ``nn.Identity``: a shallower network whose outputs equal ``net``'s with those
-    blocks skipped."""
+def remove_blocks(net: nn.Module, names: Sequence[str], shortcuts: Mapping[str, str] | None = None) -> nn.Module:
+    """Replace the blocks ``names`` by ``nn.Identity`` (or by their shortcut submodule, for those in
+    ``shortcuts``): a shallower network whose outputs equal ``net``'s with those blocks skipped."""
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = net.get_submodule(parent_name) if parent_name else net
         if not hasattr(parent, child):
             raise ValueError(f"{name!r} is not a module of {type(net).__name__}")
-        setattr(parent, child, nn.Identity())
+        shortcut = (shortcuts or {}).get(name)
+        setattr(parent, child, getattr(parent, child).get_submodule(shortcut) if shortcut else nn.Identity())
     return net

@@ -115,9 +115,10 @@ def _channel_prune(net: nn.Module, layers: Mapping[str, Mapping[str, Sequence[in
     return remove_channels(net, layers)
 
 
-def _layer_drop(net: nn.Module, blocks: Sequence[str]) -> nn.Module:
-    # blocks: names of residual blocks replaced by nn.Identity (lightning_micro.core.depth)
-    return remove_blocks(net, blocks)
+def _layer_drop(net: nn.Module, blocks: Sequence[str], shortcuts: Mapping[str, str] | None = None) -> nn.Module:
+    # blocks: names of residual blocks replaced by nn.Identity, or by their shortcut submodule for those in
+    # shortcuts (lightning_micro.core.depth)
+    return remove_blocks(net, blocks, shortcuts)
 
 
 TRANSFORMS: dict[str, Callable[..., nn.Module]] = {

@@ -133,6 +133,7 @@ class OutputAt(L.Callback):
 
     def __init__(self, step: int, skipped: list[str] = ()) -> None:
         self.step, self.skipped = step, list(skipped)
+        self.shortcuts: dict[str, str] = {}
         self.x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
         self.output = None
 
@@ -141,7 +142,7 @@ class OutputAt(L.Callback):
             return
         net = pl_module.net
         net.eval()
-        with torch.no_grad(), depth.skipping(net, self.skipped):
+        with torch.no_grad(), depth.skipping(net, self.skipped, self.shortcuts):
             self.output = net(self.x)
         net.train()
 
@@ -161,6 +162,22 @@ def test_right_after_removal_the_shallower_network_computes_the_network_with_tho
     assert report["layerdrop/removed_blocks"] == "layer1.1,layer3.1" and report["layerdrop/droppable"] == 4
     assert report["layerdrop/val_loss_blocks_removed"] > 0 and report["layerdrop/val_loss_before_removal"] > 0
     assert "forward" not in module.net.layer1[0].__dict__  # dropping stopped: the kept blocks run as written
+
+
+def test_a_downsampling_block_drops_through_the_shortcut_it_names(tmp_path):
+    shortcuts = {"layer2.0": "shortcut", "layer3.0": "shortcut"}
+    dropping = LayerDropping(p=0.3, prune_at=1, remove=["layer2.0", "layer3.1"], shortcuts=shortcuts)
+    before = OutputAt(EPOCH, ["layer2.0", "layer3.1"])
+    before.shortcuts = {"layer2.0": "shortcut"}
+    after = OutputAt(EPOCH)
+    _, module = fit(tmp_path, [before, dropping, after], max_epochs=2)
+    assert dropping.droppable == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "layer3.1"]
+    assert module.transforms == [{"transform": "layer_drop", "args": {
+        "blocks": ["layer2.0", "layer3.1"], "shortcuts": {"layer2.0": "shortcut"}}}]
+    assert isinstance(module.net.layer2[0], nn.Sequential) and isinstance(module.net.layer2[0][0], nn.Conv2d)
+    assert torch.allclose(after.output, before.output, atol=1e-6)
+    with pytest.raises(ValueError, match="shortcuts: 'layer2.0' has no submodule 'projection' to run in its place"):
+        fit(tmp_path / "bad", [LayerDropping(shortcuts={"layer2.0": "projection"})])
 
 
 def test_least_important_removes_the_blocks_whose_skipping_costs_least(tmp_path):
@@ -336,6 +353,7 @@ def test_a_users_residual_module_drops_and_removes_its_own_blocks(recipe, tmp_pa
     ({"importance_batches": 0}, "importance_batches must be an integer >= 1"),
     ({"rescale": "yes"}, "rescale must be true or false"),
     ({"seed": 1.5}, "seed must be an integer"),
+    ({"shortcuts": ["layer2.0"]}, "shortcuts must map block name patterns to submodule names"),
     ({"blocks": ["re:("]}, "include: "),
 ])
 def test_each_bad_argument_is_refused_naming_it(args, message):
@@ -347,7 +365,8 @@ def test_each_bad_argument_is_refused_naming_it(args, message):
     ({"remove": 5}, r"remove=5 blocks, but ResNet20 has 4 droppable blocks \(layer1.0, layer1.1, layer2.1, "
                     r"layer3.1\); allowed: 1 to 4"),
     ({"remove": ["layer2.0"]}, r"remove: \['layer2.0'\] are not droppable blocks"),
-    ({"blocks": ["layer2.0"]}, r"blocks: 'layer2.0' maps \[1, 8, 8, 8\] to \[1, 16, 4, 4\]"),
+    ({"blocks": ["layer2.0"]}, r"blocks: 'layer2.0' maps \[1, 8, 8, 8\] to \[1, 16, 4, 4\]; .* name the submodule "
+                               r"that replaces it in `shortcuts`"),
     ({"exclude": ["fc"]}, "exclude: pattern 'fc' matches no droppable block"),
     ({"exclude": ["layer*"]}, "leaves no droppable block"),
 ])
