@@ -38,8 +38,9 @@ class LayerDropping(CompressionTechnique):
     A droppable block is a residual block whose identity path makes skipping valid (its output has its input's
     shape and adds the input back): found by tracing the network, declared by the model (a ``droppable`` attribute
     on the block), or named with ``blocks``; a block that changes shape is droppable when ``shortcuts`` names the
-    submodule that runs in its place (its projection shortcut). While training, block l of L is skipped with probability ``p``
-    (``rule=uniform``, LayerDrop) or ``(l / L) p`` (``linear``, stochastic depth); the draw is seeded by
+    submodule that runs in its place (its projection shortcut). While training, block l of L is skipped with
+    probability ``p`` (``rule=uniform``, LayerDrop) or ``(l / L) p`` (``linear``, stochastic depth); the draw is
+    seeded by
     ``seed``, the epoch and the batch index, so every DDP rank skips the same blocks and a resumed run draws what
     the uninterrupted one did. With ``rescale`` a kept block's residual ``block(x) - x`` is scaled by
     ``1 / (1 - p_l)``, so that in eval every block runs as written. Under DDP a skipped block still runs, with its
