@@ -7,6 +7,7 @@ Beside them, callbacks that keep a run honest: :class:`DivergenceGuard` stops a 
 from lightning_micro.callbacks.divergence_guard import DivergenceGuard
 from lightning_micro.callbacks.gradual_magnitude_pruning import GradualMagnitudePruning
 from lightning_micro.callbacks.interruption import InterruptionCheckpoint
+from lightning_micro.callbacks.knowledge_distillation import KnowledgeDistillation
 from lightning_micro.callbacks.layer_dropping import LayerDropping
 from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.callbacks.low_rank_decomposition import LowRankDecomposition
@@ -16,5 +17,5 @@ from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.callbacks.tt_layer_swap import TTLayerSwap
 
 __all__ = ["CompressionTechnique", "DivergenceGuard", "GradualMagnitudePruning", "InterruptionCheckpoint",
-           "LayerDropping", "LayerSwap", "LowRankDecomposition", "QuantizationAwareTraining", "StructuredPruning",
-           "TTLayerSwap"]
+           "KnowledgeDistillation", "LayerDropping", "LayerSwap", "LowRankDecomposition", "QuantizationAwareTraining",
+           "StructuredPruning", "TTLayerSwap"]

@@ -10,6 +10,7 @@ import yaml
 
 from lightning_micro.callbacks import (
     GradualMagnitudePruning,
+    KnowledgeDistillation,
     LayerDropping,
     LowRankDecomposition,
     QuantizationAwareTraining,
@@ -19,7 +20,8 @@ from lightning_micro.callbacks import (
 from tests.conftest import CONF
 
 CLASSES = {"gmp": GradualMagnitudePruning, "qat": QuantizationAwareTraining, "tt": TTLayerSwap,
-           "lowrank": LowRankDecomposition, "structured": StructuredPruning, "layerdrop": LayerDropping}
+           "lowrank": LowRankDecomposition, "structured": StructuredPruning, "layerdrop": LayerDropping,
+           "distill": KnowledgeDistillation}
 
 
 def _plain(value):
