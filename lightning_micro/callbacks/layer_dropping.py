@@ -29,6 +29,7 @@ from lightning_micro.core.schedules import is_run_start
 from lightning_micro.core.selection import name_matches
 
 TRANSFORM = "layer_drop"
+RESCALES = ("eval", "train", "none")
 
 
 class LayerDropping(CompressionTechnique):
@@ -40,11 +41,10 @@ class LayerDropping(CompressionTechnique):
     on the block), or named with ``blocks``; a block that changes shape is droppable when ``shortcuts`` names the
     submodule that runs in its place (its projection shortcut). While training, block l of L is skipped with
     probability ``p`` (``rule=uniform``, LayerDrop) or ``(l / L) p`` (``linear``, stochastic depth); the draw is
-    seeded by
-    ``seed``, the epoch and the batch index, so every DDP rank skips the same blocks and a resumed run draws what
-    the uninterrupted one did. With ``rescale`` a kept block's residual ``block(x) - x`` is scaled by
-    ``1 / (1 - p_l)``, so that in eval every block runs as written. Under DDP a skipped block still runs, with its
-    residual multiplied by 0, so the gradient graph stays the same on every step (training is then not faster).
+    seeded by ``seed``, the epoch and the batch index, so every DDP rank skips the same blocks and a resumed run
+    draws what the uninterrupted one did. ``rescale`` keeps the full network calibrated in eval while blocks are
+    dropped. Under DDP a skipped block still runs, with its residual multiplied by 0, so the gradient graph stays
+    the same on every step (training is then not faster).
 
     At ``prune_at`` the blocks chosen by ``removal`` are replaced by ``nn.Identity`` (a recorded transform,
     replayed by checkpoints and the artifact): ``every_other`` spreads them evenly over the depth (LayerDrop's
@@ -56,7 +56,11 @@ class LayerDropping(CompressionTechnique):
     Args:
         p: drop probability in [0, 1): every block's (``uniform``) or the deepest block's (``linear``).
         rule: ``uniform`` or ``linear``.
-        rescale: scale kept blocks' residuals by ``1 / (1 - p_l)`` while training (eval runs the blocks as they are).
+        rescale: how the full network is kept calibrated while blocks are dropped: ``eval`` scales each block's
+            residual by its survival probability ``1 - p_l`` in eval (stochastic depth; training runs kept blocks as
+            they are, as the shallower network will run; needs ``prune_at``), ``train`` scales kept blocks' residuals
+            by ``1 / (1 - p_l)`` in training (eval runs them as they are), ``none`` scales nothing (LayerDrop);
+            ``None``: ``eval`` when ``prune_at`` is set, else ``train``.
         blocks: name patterns (glob or ``re:``) of the blocks to drop; ``None`` finds them in the network.
         exclude: name patterns of blocks never dropped nor removed.
         shortcuts: ``{block pattern: submodule name}``: blocks that change shape (a downsampling block with a
@@ -86,7 +90,7 @@ class LayerDropping(CompressionTechnique):
         self,
         p: float = 0.2,
         rule: str = "uniform",
-        rescale: bool = True,
+        rescale: str | None = None,
         blocks: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         shortcuts: Mapping[str, str] | None = None,
@@ -101,8 +105,8 @@ class LayerDropping(CompressionTechnique):
         if rule not in depth.DROP_RULES:
             raise ValueError(f"rule must be one of {list(depth.DROP_RULES)}, got {rule!r}")
         self.rule = rule
-        if not isinstance(rescale, bool):
-            raise ValueError(f"rescale must be true or false, got {rescale!r}")
+        if rescale is not None and rescale not in RESCALES:
+            raise ValueError(f"rescale must be one of {list(RESCALES)} or null, got {rescale!r}")
         self.rescale = rescale
         self.blocks = None if blocks is None else check_patterns(blocks, ())[0]
         self.exclude = check_patterns(("*",), exclude)[1]
@@ -114,6 +118,13 @@ class LayerDropping(CompressionTechnique):
         for pattern in self.shortcuts or {}:
             check_patterns((pattern,), ())
         self.prune_at = None if prune_at is None else check_when("prune_at", prune_at)
+        if self.prune_at is None and rescale == "eval":
+            raise ValueError("rescale=eval scales blocks in eval only until some are removed, but prune_at is null: "
+                             "every block stays, and the exported network would not be the one validated. Use "
+                             "rescale=train (or null, which picks it)")
+        # eval scaling while blocks are to be removed (training runs them as the shallower network will);
+        # train-time scaling when they all stay (the exported network is the one validated)
+        self.scaling = rescale or ("eval" if self.prune_at is not None else "train")
         if isinstance(remove, bool) or not (
             (isinstance(remove, int) and remove >= 1) or (isinstance(remove, float) and 0.0 < remove <= 1.0)
             or (isinstance(remove, Sequence) and not isinstance(remove, str) and len(remove) > 0
@@ -261,8 +272,10 @@ class LayerDropping(CompressionTechnique):
                              f"training ({self.total_steps} steps): the shallower network would never be retrained")
         if not self.removed(pl_module) and self.p > 0:
             # Under DDP a skipped block still runs (times 0): every parameter is in every step's graph.
+            eval_scales = ({n: 1.0 - p for n, p in zip(self.droppable, self.probabilities, strict=True)}
+                           if self.scaling == "eval" else None)
             depth.make_droppable(self.net_of(pl_module), self.droppable, compute_skipped=trainer.world_size > 1,
-                                 shortcuts=self.bypass)
+                                 shortcuts=self.bypass, eval_scales=eval_scales)
             self._dropping = True
 
     @override
@@ -283,11 +296,11 @@ class LayerDropping(CompressionTechnique):
 
     def drop_factors(self, epoch: int, batch_idx: int) -> dict[str, float]:
         """Each droppable block's factor for the batch ``batch_idx`` of ``epoch``: 0 when skipped, else 1 (or
-        ``1 / (1 - p_l)`` with ``rescale``). A function of the seed, the epoch and the batch index only."""
+        ``1 / (1 - p_l)`` with ``rescale=train``). A function of the seed, the epoch and the batch index only."""
         generator = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_003 + batch_idx)
                                                   % (2**63 - 1))
         draws = torch.rand(len(self.droppable), generator=generator).tolist()
-        return {name: (0.0 if u < p else (1.0 / (1.0 - p) if self.rescale else 1.0))
+        return {name: (0.0 if u < p else (1.0 / (1.0 - p) if self.scaling == "train" else 1.0))
                 for name, u, p in zip(self.droppable, draws, self.probabilities, strict=True)}
 
     @override
@@ -309,16 +322,19 @@ class LayerDropping(CompressionTechnique):
         chosen = depth.least_important(self.losses, count)
         return list(trainer.strategy.broadcast(chosen, src=0))  # one choice on every rank, whatever its shard
 
-    def loss_skipping(self, trainer: L.Trainer, pl_module: L.LightningModule, names: Sequence[str]) -> float:
+    def loss_skipping(self, trainer: L.Trainer, pl_module: L.LightningModule, names: Sequence[str],
+                      as_removed: bool = True) -> float:
         """The mean cross-entropy on ``importance_batches`` validation batches (training batches when the run has
-        no validation) with the blocks ``names`` skipped, the network in eval."""
+        no validation) with the blocks ``names`` skipped, the network in eval; ``as_removed``: the other blocks
+        without their eval scaling, as the network runs once blocks are removed."""
         if self._batches is None:
             self._batches = self._importance_batches(trainer)
         net = self.net_of(pl_module)
         was_training = net.training
         net.eval()
         try:
-            with torch.no_grad(), depth.skipping(net, names, self.bypass):
+            with torch.no_grad(), depth.skipping(net, names, self.bypass), depth.unscaled(
+                    net, self.droppable if as_removed else []):
                 return sum(F.cross_entropy(net(x), y).item() for x, y in self._batches) / max(len(self._batches), 1)
         finally:
             net.train(was_training)
@@ -341,7 +357,7 @@ class LayerDropping(CompressionTechnique):
     def _remove(self, trainer: L.Trainer | None, pl_module: L.LightningModule, during_fit: bool) -> None:
         names = self.choose(trainer, pl_module)
         if trainer is not None and during_fit:  # what the removal costs before retraining (report)
-            self.loss_full = self.loss_skipping(trainer, pl_module, [])
+            self.loss_full = self.loss_skipping(trainer, pl_module, [], as_removed=False)  # as it validated
             self.loss_removed = self.loss_skipping(trainer, pl_module, names)
         self._batches = None
         depth.undo_droppable(self.net_of(pl_module), self.droppable)
@@ -371,7 +387,8 @@ class LayerDropping(CompressionTechnique):
     def report_fields(self, net: nn.Module) -> dict[str, int | float | str]:
         """The drop rule, the droppable and removed blocks, and the losses that chose them."""
         fields: dict[str, int | float | str] = {
-            "layerdrop/p": self.p, "layerdrop/rule": self.rule, "layerdrop/droppable": len(self.droppable),
+            "layerdrop/p": self.p, "layerdrop/rule": self.rule, "layerdrop/rescale": self.scaling,
+            "layerdrop/droppable": len(self.droppable),
             "layerdrop/removed": len(self.removed_blocks),
             "layerdrop/removed_blocks": ",".join(self.removed_blocks) or "none",
             "layerdrop/removal": "listed" if isinstance(self.remove, list) else self.removal}

@@ -205,12 +205,14 @@ def least_important(losses: dict[str, float], remove: int) -> list[str]:
 # --- skipping ---------------------------------------------------------------------------------------------------
 #
 # A block being dropped gets an instance ``forward`` (bound with types.MethodType, so deep copies bind to the
-# copy) that reads the block's ``_layerdrop_factor``: None runs the block as written; 0 skips it (its input is
-# its output, or its shortcut's output when the block names one in ``_layerdrop_shortcut``); any other f gives
-# ``skip + f * (block(x) - skip)`` (the kept block, rescaled). ``_layerdrop_compute`` makes a skipped block still
-# run with factor 0, so every parameter takes part in the graph (DDP needs that).
+# copy) that reads, in training, the block's ``_layerdrop_factor``: None runs the block as written; 0 skips it
+# (its input is its output, or its shortcut's output when the block names one in ``_layerdrop_shortcut``); any
+# other f gives ``skip + f * (block(x) - skip)`` (the kept block, rescaled). ``_layerdrop_compute`` makes a skipped
+# block still run with factor 0, so every parameter takes part in the graph (DDP needs that). In eval the block
+# runs as written, its residual scaled by ``_layerdrop_eval_scale`` when set (stochastic depth's survival
+# probability).
 
-_STATE = ("forward", "_layerdrop_factor", "_layerdrop_compute", "_layerdrop_shortcut")
+_STATE = ("forward", "_layerdrop_factor", "_layerdrop_compute", "_layerdrop_shortcut", "_layerdrop_eval_scale")
 
 
 def _bypass(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -219,8 +221,15 @@ def _bypass(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _dropping_forward(self: nn.Module, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    if not self.training:
+        out = type(self).forward(self, x, *args, **kwargs)
+        scale = self.__dict__.get("_layerdrop_eval_scale")
+        if scale is None or scale == 1.0:
+            return out
+        skip = _bypass(self, x)
+        return skip + scale * (out - skip)
     factor = self.__dict__.get("_layerdrop_factor")
-    if not self.training or factor is None:
+    if factor is None:
         return type(self).forward(self, x, *args, **kwargs)
     if factor == 0.0 and not self.__dict__.get("_layerdrop_compute", False):
         return _bypass(self, x)
@@ -236,15 +245,34 @@ def _skipped_forward(self: nn.Module, x: torch.Tensor, *args: object, **kwargs: 
 
 
 def make_droppable(net: nn.Module, names: Sequence[str], compute_skipped: bool = False,
-                   shortcuts: Mapping[str, str] | None = None) -> None:
-    """Let the blocks ``names`` be skipped while training (:func:`set_drop_factors`); in eval they run. A block
-    named in ``shortcuts`` runs that submodule of itself when skipped instead of passing its input through."""
+                   shortcuts: Mapping[str, str] | None = None, eval_scales: Mapping[str, float] | None = None
+                   ) -> None:
+    """Let the blocks ``names`` be skipped while training (:func:`set_drop_factors`); in eval they run, their
+    residual scaled by ``eval_scales[name]`` where given. A block named in ``shortcuts`` runs that submodule of
+    itself when skipped instead of passing its input through."""
     for name in names:
         block = net.get_submodule(name)
         block.forward = types.MethodType(_dropping_forward, block)
         block._layerdrop_factor = None
         block._layerdrop_compute = compute_skipped
         block._layerdrop_shortcut = (shortcuts or {}).get(name)
+        block._layerdrop_eval_scale = (eval_scales or {}).get(name)
+
+
+@contextlib.contextmanager
+def unscaled(net: nn.Module, names: Sequence[str]) -> Iterator[nn.Module]:
+    """Inside the block the droppable blocks ``names`` run in eval as written, without their eval scaling: as
+    the network runs once blocks are removed."""
+    saved = {}
+    for name in names:
+        block = net.get_submodule(name)
+        if "_layerdrop_eval_scale" in block.__dict__:
+            saved[name] = block.__dict__.pop("_layerdrop_eval_scale")
+    try:
+        yield net
+    finally:
+        for name, scale in saved.items():
+            net.get_submodule(name)._layerdrop_eval_scale = scale
 
 
 def undo_droppable(net: nn.Module, names: Sequence[str]) -> None:

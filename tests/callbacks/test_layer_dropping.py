@@ -96,7 +96,7 @@ class CountBlockRuns(L.Callback):
 def test_drop_draws_follow_the_rule_and_depend_only_on_seed_epoch_and_batch():
     net = ClassifierModule(RESNET, SGD, input_shape=[1, 8, 8]).net
     example = torch.zeros(1, 1, 8, 8)
-    linear = LayerDropping(p=0.6, rule="linear", prune_at=None)
+    linear = LayerDropping(p=0.6, rule="linear", prune_at=None)  # rescale: train (all blocks stay)
     linear.check_model(net, example)
     assert linear.droppable == DROPPABLE
     draws = [linear.drop_factors(epoch, batch) for epoch in range(10) for batch in range(300)]
@@ -108,7 +108,7 @@ def test_drop_draws_follow_the_rule_and_depend_only_on_seed_epoch_and_batch():
     assert linear.drop_factors(3, 7) == linear.drop_factors(3, 7)
     assert linear.drop_factors(3, 7) != linear.drop_factors(3, 8) or linear.drop_factors(3, 7) != linear.drop_factors(
         4, 7)
-    uniform = LayerDropping(p=0.3, rescale=False, prune_at=None)
+    uniform = LayerDropping(p=0.3, rescale="none", prune_at=None)
     uniform.check_model(net, example)
     draws = [uniform.drop_factors(0, batch) for batch in range(3000)]
     assert all(set(d.values()) <= {0.0, 1.0} for d in draws)
@@ -142,9 +142,30 @@ class OutputAt(L.Callback):
             return
         net = pl_module.net
         net.eval()
-        with torch.no_grad(), depth.skipping(net, self.skipped, self.shortcuts):
+        # the other blocks without their eval scaling: as the network runs once blocks are removed
+        droppable = [n for n, m in net.named_modules() if "_layerdrop_eval_scale" in m.__dict__]
+        with torch.no_grad(), depth.skipping(net, self.skipped, self.shortcuts), depth.unscaled(net, droppable):
             self.output = net(self.x)
         net.train()
+
+
+def test_eval_scales_each_residual_by_its_survival_probability_until_the_removal(tmp_path):
+    dropping = LayerDropping(p=0.4, rule="linear", prune_at=2, remove=1)  # rescale: eval
+    seen = {}
+
+    class Look(L.Callback):
+        def on_validation_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 0 and not trainer.sanity_checking:
+                net, x = pl_module.net, torch.randn(4, 1, 8, 8)
+                block = net.layer2[1]
+                with torch.no_grad():
+                    inner = net.layer2[0](net.layer1(net.relu(net.bn1(net.conv1(x)))))
+                    seen["scaled"] = block(inner)
+                    seen["expected"] = inner + 0.7 * (type(block).forward(block, inner) - inner)  # 1 - (3/4) 0.4
+
+    fit(tmp_path, [dropping, Look()], max_epochs=3)
+    assert torch.allclose(seen["scaled"], seen["expected"], atol=1e-6)
+    assert dropping.report_fields(nn.Identity())["layerdrop/rescale"] == "eval"
 
 
 def test_right_after_removal_the_shallower_network_computes_the_network_with_those_blocks_skipped(tmp_path):
@@ -351,7 +372,8 @@ def test_a_users_residual_module_drops_and_removes_its_own_blocks(recipe, tmp_pa
     ({"prune_at": -1}, "prune_at must be an epoch >= 0"),
     ({"prune_at": 0, "removal": "least_important"}, "removal=least_important measures the trained network"),
     ({"importance_batches": 0}, "importance_batches must be an integer >= 1"),
-    ({"rescale": "yes"}, "rescale must be true or false"),
+    ({"rescale": "yes"}, r"rescale must be one of \['eval', 'train', 'none'\] or null, got 'yes'"),
+    ({"rescale": "eval", "prune_at": None}, "rescale=eval scales blocks in eval only until some are removed"),
     ({"seed": 1.5}, "seed must be an integer"),
     ({"shortcuts": ["layer2.0"]}, "shortcuts must map block name patterns to submodule names"),
     ({"blocks": ["re:("]}, "include: "),
