@@ -28,6 +28,7 @@ from lightning_micro.preflight import check_run_config, read_checkpoint
 
 ARTIFACT_NAME = "model.safetensors"
 REPORT_NAME = "compression_report.json"
+LAYERS_PICTURE = "layers.png"  # the per-layer picture of a compressed run (lightning_micro.pictures)
 # What a finished (or started) run leaves in its directory; finding any of these means the directory is taken.
 RUN_OUTPUTS = (REPORT_NAME, ARTIFACT_NAME, "checkpoints", "wandb", "csv")
 
@@ -90,8 +91,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if trainer.is_global_zero:
         report = write_run_report(cfg, module, trainer, metrics, output_dir)
+        picture = output_dir / LAYERS_PICTURE
         for logger in loggers:
             log_summary(logger, report)
+            if isinstance(logger, WandbLogger) and picture.is_file():
+                logger.log_image(key="compression/layers", images=[str(picture)])
         metrics.update(report)
     for logger in loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
@@ -183,6 +187,11 @@ def write_run_report(
         if isinstance(callback, CompressionTechnique):
             report.update(callback.report_fields(module.net))
     reporting.write_report(report, output_dir / REPORT_NAME)
+    if any(isinstance(c, CompressionTechnique) for c in trainer.callbacks):
+        from lightning_micro.pictures import layer_picture
+
+        name = str((module.net_spec or {}).get("_target_", type(module.net).__name__)).rsplit(".", 1)[-1]
+        layer_picture(report, output_dir / LAYERS_PICTURE, title=f"{name}: per-layer compression")
     from rich.console import Console
 
     console = Console()

@@ -42,7 +42,7 @@ def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path)
     (run_file,) = runs[0].glob("run-*.wandb")
     # Protobuf records: keys are stored as plain strings. wandb's writer is a separate process (wandb-core) that
     # closes the file when the run's stream ends, which on a busy machine can come just after finish() returns.
-    keys = (b"size/artifact_bytes", b"macs/effective", b"val/acc", b"train/loss_step")
+    keys = (b"size/artifact_bytes", b"macs/effective", b"val/acc", b"train/loss_step", b"compression/layers")
     deadline = time.monotonic() + 60
     while not all(key in run_file.read_bytes() for key in keys) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -51,6 +51,9 @@ def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path)
         assert key in records, key
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert any(row.get("report/params/total") for row in rows)
+    # The per-layer picture, in the run directory and logged to W&B as an image
+    assert (tmp_path / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(runs[0].glob("files/media/images/compression/layers_*.png"))
 
     # Checkpoint and artifact both rebuild the trained network: the checkpoint holds it fake-quantized, as it
     # trained; converted, it is exactly the artifact.
@@ -68,6 +71,7 @@ def test_dense_run_exports_the_plain_fp32_network(tmp_path):
     assert report["size/ratio"] == 1.0  # no technique ran: the artifact is the plain fp32 export
     assert report["sparsity/global"] == 0.0
     assert not any(key.startswith("gmp/") for key in report)
+    assert not (tmp_path / "layers.png").exists()  # nothing compressed, no per-layer picture
 
 
 def test_existing_run_outputs_are_never_overwritten(tmp_path):
