@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
 from torch import nn
 
 from lightning_micro.core.schedules import STEP_PREFIX
@@ -100,6 +102,33 @@ def select_layers(net: nn.Module, include: Sequence[str], exclude: Sequence[str]
     if not chosen:
         raise ValueError(f"include {list(include)} minus exclude {list(exclude)} leaves no layer for {what}")
     return chosen
+
+
+def read_overrides(value: Any) -> dict[str, Any]:
+    """``overrides`` as a mapping: given as one, or as the path of a YAML file holding it under ``overrides:`` (as
+    ``lightning-micro-sensitivity`` writes it) or at its top level.
+
+    Raises:
+        ValueError: a path that is not a readable YAML file of such a mapping, or a value of another type.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, (str, Path)):
+        path = Path(value)
+        if not path.is_file():
+            raise ValueError(f"overrides: no file at {path} (give a mapping {{pattern: value}} or a YAML file)")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"overrides: {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+        if isinstance(loaded, dict) and isinstance(loaded.get("overrides"), dict):
+            loaded = loaded["overrides"]
+        if not isinstance(loaded, dict):
+            raise ValueError(f"overrides: {path} holds no mapping of layer patterns to values")
+        return dict(loaded)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise ValueError(f"overrides must be a mapping {{pattern: value}} or the path of a YAML file, got {value!r}")
 
 
 def check_ratio(name: str, value: Any) -> float | None:

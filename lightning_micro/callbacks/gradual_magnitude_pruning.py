@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_count, check_window, follow_selection
+from lightning_micro.callbacks.arguments import check_count, check_window, follow_selection, read_overrides
 from lightning_micro.callbacks.arguments import check_fraction as _check_fraction
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.masks import apply_masks_, floor_count, magnitude_masks, mask_optimizer_state_
@@ -63,7 +63,8 @@ class GradualMagnitudePruning(CompressionTechnique):
         include: name patterns (glob, or regex with ``re:``) of parameters to prune, relative to the network.
         exclude: name patterns to leave dense.
         module_types: class names of the modules whose ``weight`` is pruned (never biases or norms).
-        overrides: ``{pattern: final sparsity}`` for layers pruned alone to their own target.
+        overrides: ``{pattern: final sparsity}`` for layers pruned alone to their own target, or the path of a YAML
+            file holding them under ``overrides:`` (what ``lightning-micro-sensitivity`` writes).
         first_layer_sparsity: final sparsity of the first selected layer alone (``None``: no special case).
         last_layer_sparsity: same for the last selected layer (e.g. keep the classifier denser).
         log_layers: also log each layer's sparsity at every update.
@@ -94,7 +95,7 @@ class GradualMagnitudePruning(CompressionTechnique):
         include: Sequence[str] = ("*",),
         exclude: Sequence[str] = (),
         module_types: Sequence[str] = DEFAULT_MODULE_TYPES,
-        overrides: Mapping[str, float] | None = None,
+        overrides: Mapping[str, float] | str | None = None,
         first_layer_sparsity: float | None = None,
         last_layer_sparsity: float | None = None,
         log_layers: bool = True,
@@ -117,7 +118,8 @@ class GradualMagnitudePruning(CompressionTechnique):
         self.exclude = [str(p) for p in ([exclude] if isinstance(exclude, str) else exclude)]
         if not self.include:
             raise ValueError("include must name at least one pattern (use ['*'] for every layer)")
-        self.overrides = {str(k): _check_fraction(f"overrides[{k!r}]", v) for k, v in dict(overrides or {}).items()}
+        self.overrides = {str(k): _check_fraction(f"overrides[{k!r}]", v)
+                          for k, v in read_overrides(overrides).items()}
         for name, patterns in (("include", self.include), ("exclude", self.exclude), ("overrides", self.overrides)):
             for pattern in patterns:
                 try:
