@@ -186,6 +186,11 @@ def write_run_report(
     for callback in trainer.callbacks:
         if isinstance(callback, CompressionTechnique):
             report.update(callback.report_fields(module.net))
+    budget = settings.get("byte_budget")
+    if budget is not None and "val/acc" in report:  # what a study under a size budget maximizes
+        within = report["size/artifact_bytes"] <= budget
+        report.update({"budget/bytes": int(budget), "budget/within": int(within),
+                       "budget/val_acc": report["val/acc"] if within else report["val/acc"] - 1.0})
     reporting.write_report(report, output_dir / REPORT_NAME)
     if any(isinstance(c, CompressionTechnique) for c in trainer.callbacks):
         from lightning_micro.pictures import layer_picture

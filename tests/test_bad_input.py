@@ -78,6 +78,7 @@ CONFIGS = [
     ("latency_threads_0", ["report.latency_threads=0"], "report.latency_threads", "integer >= 1"),
     ("latency_time_negative", ["report.latency_min_run_time=-1"], "report.latency_min_run_time", "> 0"),
     ("allow_untrained_text", ["report.allow_untrained=maybe"], "report.allow_untrained", "true or false"),
+    ("byte_budget_zero", ["report.byte_budget=0"], "report.byte_budget", "number of bytes >= 1 or null, got 0"),
     ("report_unknown_key", ["+report.colour=red"], "report.colour", "is not a report setting"),
     ("callback_without_target", ["+callbacks.early_stop.monitor=val/acc"], "callbacks.early_stop",
      "needs a _target_"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from tests.conftest import run_cli
@@ -102,3 +103,20 @@ def test_six_runs_started_together_on_one_fresh_data_folder_all_succeed(tmp_path
     assert all((tmp_path / f"run{i}" / "model.safetensors").is_file() for i in range(6))
     assert sorted(p.name for p in raw.iterdir() if not p.name.endswith(".gz")) == [
         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+
+
+def test_a_study_under_a_byte_budget_maximizes_accuracy_within_it(tmp_path):
+    sweep = tmp_path / "budget"
+    out = run_cli(["hparams_search=optuna_budget", "hydra.sweeper.n_trials=2", "report.byte_budget=12000", *QUICK,
+                   f"hydra.sweep.dir={sweep}"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {"compression.gmp.final_sparsity", "compression.qat.weight_bits"}
+    values = []
+    for job in ("0", "1"):
+        report = json.loads((sweep / job / "compression_report.json").read_text())
+        within = report["size/artifact_bytes"] <= 12000
+        assert report["budget/within"] == within and report["quant/weight_bits"] in (2, 4, 8)
+        assert report["budget/val_acc"] == pytest.approx(report["val/acc"] - (0.0 if within else 1.0))
+        values.append(report["budget/val_acc"])
+    assert results["best_value"] == pytest.approx(max(values))
