@@ -9,7 +9,15 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_micro.callbacks import GradualMagnitudePruning, KnowledgeDistillation
+from lightning_micro.callbacks import (
+    GradualMagnitudePruning,
+    KnowledgeDistillation,
+    LayerDropping,
+    LowRankDecomposition,
+    QuantizationAwareTraining,
+    StructuredPruning,
+    TTLayerSwap,
+)
 from lightning_micro.core.distillation import distillation_term, soft_kl
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.export import export_compressed
@@ -139,3 +147,30 @@ def test_on_the_command_line_a_bad_teacher_is_a_config_error_before_training(tmp
     with pytest.raises(ConfigError, match="^compression.distill: teacher: no file at"):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
+
+
+RESNET = {"_target_": "lightning_micro.models.ResNet20", "input_shape": [1, 8, 8], "blocks_per_stage": 2,
+          "widths": [8, 16, 16]}
+OTHERS = {
+    "qat8": lambda: QuantizationAwareTraining(start=1),
+    "qat4": lambda: QuantizationAwareTraining(weight_bits=4, activation_bits=32, start=0),
+    "tt": lambda: TTLayerSwap(swap_at=1, ranks=4, include=["fc"]),
+    "lowrank": lambda: LowRankDecomposition(swap_at=1, rank=4, include=["layer2.0.conv1"]),
+    "structured": lambda: StructuredPruning(channel_ratio=0.5, start=0, end=1, update_every=3),
+    "layerdrop": lambda: LayerDropping(p=0.3, prune_at=1, remove=2),
+}
+
+
+@pytest.mark.parametrize("other", list(OTHERS))
+def test_distillation_composes_with_each_technique(other, teacher, tmp_path):
+    from lightning_micro.export import load_compressed
+
+    distillation = KnowledgeDistillation(teacher=str(teacher), alpha=0.5, temperature=4.0)
+    module = ClassifierModule(RESNET, SGD, input_shape=[1, 8, 8])
+    trainer = fit(tmp_path, module, [OTHERS[other](), distillation], max_epochs=2)
+    assert distillation.teacher_seconds > 0  # the teacher ran at every step of the composed fit
+    path = tmp_path / "model.safetensors"
+    export_compressed(trainer, path)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(load_compressed(path)(x), module.net.eval()(x), atol=1e-5)
