@@ -161,9 +161,18 @@ def structured_speed_rows(payload: dict) -> list[str]:
     return rows
 
 
+LAYERDROP_ORDER = ("dense", "layerdrop", "removed_no_layerdrop", "shallow_scratch")
+
+
 def layerdrop_rows(payload: dict) -> list[str]:
     rows = []
-    for name, result in payload["results"].items():
+
+    def order(name: str) -> tuple[bool, int]:
+        model, _, kind = name.partition("_")
+        return model != "resnet20", LAYERDROP_ORDER.index(kind) if kind in LAYERDROP_ORDER else len(LAYERDROP_ORDER)
+
+    for name in sorted(payload["results"], key=order):
+        result = payload["results"][name]
         run, figures = result["runs"][0], result["figures"]
         delta = figures.get("delta_vs_dense_pp")
         bars = bars_text(result)

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_count, check_fraction, check_patterns, check_when
+from lightning_micro.callbacks.arguments import check_count, check_fraction, check_when
 from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.callbacks.quantization_aware_training import QuantizationAwareTraining
 from lightning_micro.callbacks.structure import change_structure
@@ -26,10 +26,21 @@ from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.contract import example_input
 from lightning_micro.core import depth
 from lightning_micro.core.schedules import is_run_start
-from lightning_micro.core.selection import name_matches
+from lightning_micro.core.selection import check_pattern, name_matches
 
 TRANSFORM = "layer_drop"
 RESCALES = ("eval", "train", "none")
+
+
+def _patterns(name: str, value: Any) -> list[str]:
+    """``value`` as a list of name patterns (glob or ``re:``); a bad one raises ``ValueError`` naming ``name``."""
+    patterns = [str(p) for p in ([value] if isinstance(value, str) else value)]
+    for pattern in patterns:
+        try:
+            check_pattern(pattern)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from err
+    return patterns
 
 
 class LayerDropping(CompressionTechnique):
@@ -108,15 +119,16 @@ class LayerDropping(CompressionTechnique):
         if rescale is not None and rescale not in RESCALES:
             raise ValueError(f"rescale must be one of {list(RESCALES)} or null, got {rescale!r}")
         self.rescale = rescale
-        self.blocks = None if blocks is None else check_patterns(blocks, ())[0]
-        self.exclude = check_patterns(("*",), exclude)[1]
+        self.blocks = None if blocks is None else _patterns("blocks", blocks)
+        if self.blocks == []:
+            raise ValueError("blocks must name at least one pattern, or be null to find the droppable blocks")
+        self.exclude = _patterns("exclude", exclude)
         if shortcuts is not None and not (isinstance(shortcuts, Mapping) and all(
                 isinstance(k, str) and isinstance(v, str) and v for k, v in shortcuts.items())):
             raise ValueError(f"shortcuts must map block name patterns to submodule names, e.g. {{'layer2.0': "
                              f"'shortcut'}}, got {shortcuts!r}")
         self.shortcuts = None if shortcuts is None else {str(k): str(v) for k, v in shortcuts.items()}
-        for pattern in self.shortcuts or {}:
-            check_patterns((pattern,), ())
+        _patterns("shortcuts", list(self.shortcuts or {}))
         self.prune_at = None if prune_at is None else check_when("prune_at", prune_at)
         if self.prune_at is None and rescale == "eval":
             raise ValueError("rescale=eval scales blocks in eval only until some are removed, but prune_at is null: "

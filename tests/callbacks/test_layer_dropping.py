@@ -376,7 +376,9 @@ def test_a_users_residual_module_drops_and_removes_its_own_blocks(recipe, tmp_pa
     ({"rescale": "eval", "prune_at": None}, "rescale=eval scales blocks in eval only until some are removed"),
     ({"seed": 1.5}, "seed must be an integer"),
     ({"shortcuts": ["layer2.0"]}, "shortcuts must map block name patterns to submodule names"),
-    ({"blocks": ["re:("]}, "include: "),
+    ({"blocks": ["re:("]}, "blocks: "),
+    ({"blocks": []}, "blocks must name at least one pattern"),
+    ({"exclude": ["re:["]}, "exclude: "),
 ])
 def test_each_bad_argument_is_refused_naming_it(args, message):
     with pytest.raises(ValueError, match=message):
