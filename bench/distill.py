@@ -46,7 +46,7 @@ def main() -> None:
                                                                  "compression.distill.teacher=<dense run, same seed>"],
                          "runs": mine}
     dense_mean = statistics.mean(r["test/acc"] for r in results["dense"]["runs"])
-    for name, result in results.items():
+    for result in results.values():
         result["test_acc_mean"] = statistics.mean(r["test/acc"] for r in result["runs"])
         result["delta_vs_dense_pp"] = 100 * (result["test_acc_mean"] - dense_mean)
     results["gmp_distill"]["bar"] = {"delta_vs_dense_pp": -0.1,
