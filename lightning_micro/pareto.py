@@ -2,6 +2,7 @@
 
     python train.py -m experiment=gmp_lenet300 compression.gmp.final_sparsity=0.5,0.8,0.9,0.95,0.98
     lightning-micro-pareto logs/multiruns/<time>        # -> pareto.csv, pareto.png there, and a table
+    lightning-micro-pareto logs/multiruns/<time> --wandb offline   # the same table and picture in a W&B run
 
 Each run directory under the sweep directory holding a ``compression_report.json`` is one point; its techniques come
 from the run's saved config (``.hydra/config.yaml``: the ``compression`` node's keys, in order), its overrides from
@@ -20,7 +21,10 @@ from typing import Any
 
 import yaml
 
+from lightning_micro.wandb_upload import add_wandb_arguments, upload
+
 REPORT = "compression_report.json"
+MIN_SPAN_PP = 0.5  # the accuracy axis spans at least this many points, so that run-to-run noise does not fill it
 COLUMNS = ("run", "techniques", "overrides", "test/acc", "size/artifact_bytes", "size/dense_bytes", "size/ratio",
            "macs/effective", "latency/speedup_b64", "pareto")
 
@@ -102,8 +106,12 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     dense_bytes = {r["size/dense_bytes"] for r in rows if r.get("size/dense_bytes")}
     for value in sorted(dense_bytes):
         ax.axvline(value, color="grey", linestyle="--", linewidth=1)
-        ax.annotate("dense fp32", (value, ax.get_ylim()[0]), rotation=90, va="bottom", ha="right", fontsize=8,
-                    color="grey")
+        ax.annotate("dense fp32", (value, 0.02), xycoords=("data", "axes fraction"), rotation=90, va="bottom",
+                    ha="right", fontsize=8, color="grey")
+    low, high = ax.get_ylim()
+    if high - low < MIN_SPAN_PP:
+        middle = (low + high) / 2
+        ax.set_ylim(middle - MIN_SPAN_PP / 2, middle + MIN_SPAN_PP / 2)
     ax.set_xscale("log")
     ax.set_xlabel("artifact bytes (log)")
     ax.set_ylabel("test accuracy (%)")
@@ -135,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", help="a sweep directory (logs/multiruns/<time>)")
     parser.add_argument("--out", help="where pareto.csv and pareto.png go (default: the sweep directory)")
+    add_wandb_arguments(parser)
     args = parser.parse_args(argv)
     try:
         rows = gather(args.sweep_dir)
@@ -147,6 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot(rows, out / "pareto.png", title=Path(args.sweep_dir).resolve().name)
     print_table(rows)
     print(f"wrote {out / 'pareto.csv'} and {out / 'pareto.png'}")
+    wandb_dir = upload(args.wandb, args.wandb_project, out, "pareto", f"pareto {Path(args.sweep_dir).name}",
+                       {"pareto/table": (COLUMNS, [[row[c] for c in COLUMNS] for row in rows])},
+                       {"pareto/plot": out / "pareto.png"})
+    if wandb_dir is not None:
+        print(f"W&B ({args.wandb}): {wandb_dir}")
     return 0
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from lightning_micro.core.masks import layerwise_magnitude_masks
 from lightning_micro.core.quantizers import WeightQuantSpec, fake_quantize
+from lightning_micro.wandb_upload import add_wandb_arguments, upload
 
 PRUNE_LEVELS = (0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 QUANT_LEVELS = (8, 6, 4, 3, 2)
@@ -164,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.95, help="overall sparsity the overrides reach (prune)")
     parser.add_argument("--batches", type=int, help="validation batches to measure on (default: all)")
     parser.add_argument("--out", help="output directory (default: <run_dir>/sensitivity)")
+    add_wandb_arguments(parser)
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     levels = args.levels or (PRUNE_LEVELS if args.method == "prune" else QUANT_LEVELS)
@@ -202,6 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: " + ", ".join(f"{k:g} -> {v:.2%}" for k, v in curve.items())
               + (f"  => {overrides[name]:g}" if overrides else ""))
     print(f"baseline {baseline:.2%}; wrote {out}")
+    columns = ["layer", "level", "val_acc"] + (["allocated"] if overrides else [])
+    table = [[name, level, acc] + ([overrides[name]] if overrides else [])
+             for name, curve in curves.items() for level, acc in curve.items()]
+    wandb_dir = upload(args.wandb, args.wandb_project, out, "sensitivity", f"sensitivity {args.method} {run_dir.name}",
+                       {"sensitivity/curves": (columns, table)}, {"sensitivity/plot": out / "sensitivity.png"})
+    if wandb_dir is not None:
+        print(f"W&B ({args.wandb}): {wandb_dir}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,19 @@ def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictCon
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def wandb_run_records(wandb_dir: Path, keys: tuple[bytes, ...], timeout: float = 60) -> tuple[Path, bytes]:
+    """The one offline run under ``wandb_dir`` and its ``.wandb`` file's bytes once every key is in them.
+
+    Protobuf records store keys as plain strings. wandb's writer is a separate process (wandb-core) that closes the
+    file when the run's stream ends, which on a busy machine can come just after finish() returns."""
+    (run,) = list(wandb_dir.glob("offline-run-*"))
+    (run_file,) = run.glob("run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while not all(key in run_file.read_bytes() for key in keys) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return run, run_file.read_bytes()
 
 
 def run_cli(args: list[str], timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lightning_micro.pareto import gather, main, pareto_front, plot
-from tests.conftest import FAST
+from tests.conftest import FAST, wandb_run_records
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -51,6 +51,19 @@ def test_a_sweep_gives_the_csv_the_png_and_a_table_matching_the_runs_reports(swe
     assert rows[0]["pareto"] == "True"  # the smallest run is always on the front
     assert (tmp_path / "pareto.png").read_bytes()[:8] == PNG
     assert "Pareto front" in capsys.readouterr().out
+
+
+def test_with_wandb_on_the_table_and_the_plot_go_to_an_offline_run(sweep, tmp_path):
+    assert main([str(sweep), "--out", str(tmp_path), "--wandb", "offline"]) == 0
+    run, records = wandb_run_records(tmp_path / "wandb", (b"pareto/table", b"pareto/plot"))
+    assert b"pareto/table" in records and b"pareto/plot" in records
+    (table,) = run.glob("files/media/table/pareto/table_*.table.json")
+    logged = json.loads(table.read_text())
+    with (tmp_path / "pareto.csv").open() as handle:
+        written = list(csv.DictReader(handle))
+    assert logged["columns"] == list(written[0])
+    assert [str(row[0]) for row in logged["data"]] == [row["run"] for row in written]
+    assert list(run.glob("files/media/images/pareto/plot_*.png"))
 
 
 def test_the_plot_marks_dense_and_every_technique(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from lightning_micro.export import load_compressed
 from lightning_micro.instantiate import ConfigError
 from lightning_micro.models import ClassifierModule
 from lightning_micro.run import train
-from tests.conftest import FAST, compose_cfg
+from tests.conftest import FAST, compose_cfg, wandb_run_records
 
 
 def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path):
@@ -37,23 +36,15 @@ def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path)
     assert report["macs/effective"] == report["macs/dense"]  # dense kernels run every MAC of a sparse matrix
 
     # W&B offline run files, inside the run directory, with the report in the summary.
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    (run_file,) = runs[0].glob("run-*.wandb")
-    # Protobuf records: keys are stored as plain strings. wandb's writer is a separate process (wandb-core) that
-    # closes the file when the run's stream ends, which on a busy machine can come just after finish() returns.
     keys = (b"size/artifact_bytes", b"macs/effective", b"val/acc", b"train/loss_step", b"compression/layers")
-    deadline = time.monotonic() + 60
-    while not all(key in run_file.read_bytes() for key in keys) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    records = run_file.read_bytes()
+    run, records = wandb_run_records(tmp_path / "wandb", keys)
     for key in keys:
         assert key in records, key
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert any(row.get("report/params/total") for row in rows)
     # The per-layer picture, in the run directory and logged to W&B as an image
     assert (tmp_path / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert list(runs[0].glob("files/media/images/compression/layers_*.png"))
+    assert list(run.glob("files/media/images/compression/layers_*.png"))
 
     # Checkpoint and artifact both rebuild the trained network: the checkpoint holds it fake-quantized, as it
     # trained; converted, it is exactly the artifact.

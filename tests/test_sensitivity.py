@@ -12,7 +12,7 @@ import yaml
 
 from lightning_micro.callbacks import GradualMagnitudePruning
 from lightning_micro.sensitivity import allocate, main
-from tests.conftest import FAST
+from tests.conftest import FAST, wandb_run_records
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,6 +57,17 @@ def test_a_dense_run_gives_curves_a_png_and_overrides_gmp_accepts(dense_run, tmp
                  "--out", str(tmp_path / "q")]) == 0
     curves = json.loads((tmp_path / "q" / "sensitivity.json").read_text())["curves"]
     assert set(curves["fc1.weight"]) == {"8.0", "2.0"} and not (tmp_path / "q" / "overrides.yaml").exists()
+
+
+def test_with_wandb_on_the_curves_and_the_plot_go_to_an_offline_run(dense_run, tmp_path):
+    assert main([str(dense_run), "--batches", "1", "--levels", "0.5", "0.9", "--target", "0.6", "--out",
+                 str(tmp_path), "--wandb", "offline"]) == 0
+    run, records = wandb_run_records(tmp_path / "wandb", (b"sensitivity/curves", b"sensitivity/plot"))
+    assert b"sensitivity/curves" in records and b"sensitivity/plot" in records
+    (table,) = run.glob("files/media/table/sensitivity/curves_*.table.json")
+    logged = json.loads(table.read_text())
+    assert logged["columns"] == ["layer", "level", "val_acc", "allocated"]
+    assert len(logged["data"]) == 3 * 2  # three layers, two levels
 
 
 def test_bad_input_is_one_message(dense_run, tmp_path, capsys):
