@@ -188,7 +188,59 @@ def layerdrop_rows(payload: dict) -> list[str]:
     return rows
 
 
+def per_seed(runs: list[dict], key: str = "test/acc") -> str:
+    return " ".join(f"{r[key]:.2%}" for r in runs)
+
+
+def command(result: dict) -> str:
+    """The result's command line, overrides with brackets or braces quoted for the shell."""
+    quoted = [f"'{o}'" if any(c in o for c in "[]{}") else o for o in result["overrides"]]
+    return "`python train.py " + " ".join(quoted) + " seed=<seed>`"
+
+
+def papers_rows(payloads: dict) -> list[str]:
+    """One row per claim against a paper or an issue's bar: the paper's figure, ours, the bar, the command."""
+    rows = []
+    dc = payloads.get("deep_compression.json")
+    for name, result in (dc or {}).get("results", {}).items():
+        model, _, distilled = name.partition("_")
+        runs, paper, figures = result["runs"], result["paper"], result["figures"]
+        errors = " ".join(f"{r['error_pct']:.2f}%" for r in runs)
+        rows.append(
+            f"| Deep Compression, {'LeNet-300-100' if model == 'lenet300' else 'LeNet-5'}"
+            f"{' + distillation from LeNet-5' if distilled else ''} | {paper['ratio']}x at {paper['error_pct']}% "
+            f"error | **{figures['ratio_mean']:.1f}x at {figures['error_pct_mean']:.2f}%** ({errors}) | "
+            f"{bars_text(result)} | {command(result)} |")
+    distill = payloads.get("distill.json")
+    names = {"dense": "LeNet-300-100 dense", "gmp": "LeNet-300-100, 95% pruned (GMP)",
+             "gmp_distill": "95% pruned + distillation from dense LeNet-300-100",
+             "gmp_distill_lenet5": "95% pruned + distillation from dense LeNet-5"}
+    for name, label in names.items():
+        result = (distill or {}).get("results", {}).get(name)
+        if result is None:
+            continue
+        paper = {"dense": "1.64% error (Han et al. 2015)",
+                 "gmp": "92% pruned, 1.59% error (-0.05 vs dense; Han et al. 2015)"}
+        delta = result.get("delta_vs_dense_pp")
+        rows.append(f"| {label} | {paper.get(name, '-')} | {result['test_acc_mean']:.2%} "
+                    f"({'' if name == 'dense' else f'{delta:+.2f} vs dense; '}{per_seed(result['runs'])}) | "
+                    f"{bars_text(result)} | {command(result)} |")
+    sens = payloads.get("sensitivity.json")
+    for name in ("sensitivity", "uniform"):
+        result = (sens or {}).get("results", {}).get(name)
+        if result is None:
+            continue
+        chosen = ", ".join(f"{k.split('.')[0]} {v:g}" for k, v in sens["results"]["dense"]["runs"][0]["chosen"].items())
+        label = (f"95% pruned, per-layer targets from the sensitivity analysis (seed {sens['seeds'][0]}: {chosen})"
+                 if name == "sensitivity" else "95% pruned, every layer at 95%")
+        rows.append(f"| {label} | - | {result['test_acc_mean']:.2%} ({result['delta_vs_dense_pp']:+.2f} vs dense; "
+                    f"{per_seed(result['runs'])}) | {bars_text(result)} | {command(result)} |")
+    return rows
+
+
 if __name__ == "__main__":
+    papers = {name: load(name) for name in ("deep_compression.json", "distill.json", "sensitivity.json")}
+    print("\nagainst the papers:\n" + "\n".join(papers_rows({k: v for k, v in papers.items() if v})))
     for title, name, render in (("baselines", "baselines.json", baseline_rows),
                                 ("gmp lenet300", "gmp_accuracy_lenet300.json", gmp_rows),
                                 ("gmp lenet5", "gmp_accuracy_lenet5.json", gmp_rows),

@@ -1,0 +1,89 @@
+"""Deep Compression's pipeline (prune, then train the survivors with few-bit weights, entropy-coded artifact) against
+the paper's Table 1 (Han et al., ICLR 2016), LeNet-300-100 and LeNet-5 on MNIST (issue 14).
+
+    LM_DATA_DIR=../shared/data python bench/deep_compression.py [--configs ...] [--seeds 0 1 42] [--jobs 2]
+
+Configurations, each 20 epochs with its model's dense recipe (one thread per run):
+- ``lenet300`` / ``lenet5``: ``experiment=deep_compression_<model>`` (95% pruned, 4-bit weights);
+- ``lenet300_distill`` / ``lenet5_distill``: the same with distillation (alpha 0.5, T 4) from the dense LeNet-5 of
+  the same seed, ``experiment=baseline_lenet5_mnist``: its run is taken from bench/results/distill.json
+  (``teacher_lenet5``, run by bench/distill.py), or run here when it is not there.
+Writes bench/results/deep_compression.json: each run's test error, artifact bytes and ratio to the fp32 artifact,
+the means over seeds, the paper's figures and the issue's bars (ratio and error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+
+from common import RESULTS, ROOT, run_recipe, write
+
+OUT = RESULTS / "deep_compression.json"
+KEYS = ("test/acc", "size/artifact_bytes", "size/dense_bytes", "size/ratio", "sparsity/global",
+        "quant/weight_bits", "distill/teacher_share")
+TEACHER = ["experiment=baseline_lenet5_mnist"]
+# Han et al. 2016, Table 1: compression rate and top-1 error of the compressed network (the dense network's error)
+PAPER = {"lenet300": {"ratio": 40, "error_pct": 1.58, "dense_error_pct": 1.64},
+         "lenet5": {"ratio": 39, "error_pct": 0.74, "dense_error_pct": 0.80}}
+BARS = {"lenet300": {"ratio": 50, "error_pct": 1.58}, "lenet5": {"ratio": 39, "error_pct": 0.74}}
+CONFIGS = ("lenet300", "lenet300_distill", "lenet5", "lenet5_distill")
+
+
+def overrides(name: str, teacher_dir: str | None = None) -> list[str]:
+    model, _, distill = name.partition("_")
+    recipe = [f"experiment=deep_compression_{model}"]
+    if not distill:
+        return recipe
+    return [*recipe, "compression=[gmp,qat,distill]",
+            f"compression.distill.teacher={teacher_dir or '<baseline_lenet5_mnist run, same seed>'}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 42])
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    results = json.loads(OUT.read_text())["results"] if OUT.exists() else {}  # keep what an earlier call measured
+    distill = RESULTS / "distill.json"
+    known = json.loads(distill.read_text())["results"].get("teacher_lenet5", {}).get("runs", []) \
+        if distill.exists() else []
+    teachers = {r["seed"]: r["run_dir"] for r in known if (ROOT / r["run_dir"] / "model.safetensors").exists()}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        if any(n.endswith("_distill") for n in args.configs):
+            missing = [s for s in args.seeds if s not in teachers]
+            for seed, run in zip(missing, pool.map(lambda s: run_recipe("dc_teacher_lenet5", TEACHER, s, KEYS),
+                                                   missing), strict=True):
+                teachers[seed] = run["run_dir"]
+        jobs = [(name, seed) for name in args.configs for seed in args.seeds]
+        runs = list(pool.map(lambda j: run_recipe(f"dc_{j[0]}", overrides(
+            j[0], str(ROOT / teachers[j[1]]) if j[0].endswith("_distill") else None), j[1], KEYS), jobs))
+    for name in args.configs:
+        mine = [r for (n, _), r in zip(jobs, runs, strict=True) if n == name]
+        for run in mine:
+            run["error_pct"] = 100 * (1 - run["test/acc"])
+            if name.endswith("_distill"):
+                run["teacher_run_dir"] = teachers[run["seed"]]
+        results[name] = {"overrides": overrides(name), "runs": mine}
+    for name, result in results.items():
+        model = name.partition("_")[0]
+        runs = result["runs"]
+        result["figures"] = {"error_pct_mean": statistics.mean(r["error_pct"] for r in runs),
+                             "error_pct_max": max(r["error_pct"] for r in runs),
+                             "ratio_mean": statistics.mean(r["size/ratio"] for r in runs)}
+        result["paper"] = PAPER[model]
+        figures, bars = result["figures"], BARS[model]
+        result["bars"] = {"ratio": {"bar": bars["ratio"], "measured": figures["ratio_mean"],
+                                    "met": figures["ratio_mean"] >= bars["ratio"]},
+                          "error_pct": {"bar": bars["error_pct"], "measured": figures["error_pct_mean"],
+                                        "met": figures["error_pct_mean"] <= bars["error_pct"]}}
+    write(OUT, {"benchmark": "Deep Compression's pipeline (GMP 95%, 4-bit weights, LZMA-coded artifact) against Han "
+                             "et al. 2016 Table 1, MNIST, 20 epochs, with and without distillation from dense LeNet-5",
+                "seeds": args.seeds, "results": results})
+
+
+if __name__ == "__main__":
+    main()
