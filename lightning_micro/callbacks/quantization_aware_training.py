@@ -174,7 +174,8 @@ class QuantizationAwareTraining(CompressionTechnique):
         weight_bits: 8, 4, 2 or 1.
         activation_bits: 8 (integer kernels, needs ``weight_bits=8``) or 32 (float).
         start: epoch (int), fraction of the run (float) or step (``"step:N"``) from which fake quantization is on.
-        freeze_observers: when the int8 observers stop updating the ranges (``None``: at the end), same units.
+        freeze_observers: when the int8 observers stop updating the ranges (``None``: at the end), same units; at
+            the earliest one step after ``start``, so that they have seen a batch.
         freeze_bn: when fused BatchNorms freeze their running statistics (``None``: never).
         per_channel: one scale per output channel (``True``) or per tensor.
         symmetric: symmetric weight grid (zero point 0) or affine.
@@ -336,6 +337,11 @@ class QuantizationAwareTraining(CompressionTechnique):
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        if "freeze_observers" in self._steps and "start" in self._steps:
+            # The ranges see at least one training batch before they freeze: in a run shortened to a few steps,
+            # start and freeze_observers may round to the same step, and an observer frozen before it observed
+            # anything has no range to quantize with.
+            self._steps["freeze_observers"] = max(self._steps["freeze_observers"], self._steps["start"] + 1)
         self._phase = None
 
     @override

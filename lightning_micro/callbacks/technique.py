@@ -136,13 +136,13 @@ class CompressionTechnique(Callback):
                                  f"(trainer.max_epochs={self._max_epochs})")
 
     def check_before_end(self, name: str, consequence: str) -> None:
-        """Refuse a moment ``name`` (epoch or fraction) at or after the last epoch (``"step:N"`` is checked against
-        the run's steps once they are known)."""
+        """Refuse a moment ``name`` at or after the end of training: an epoch at or after the last one, a fraction
+        of 1 (a fraction below 1 leaves part of the run, however short; ``"step:N"`` is checked against the run's
+        steps once they are known)."""
         when, max_epochs = getattr(self, name), self._max_epochs
         if max_epochs is None or isinstance(when, str):
             return
-        epoch = int(round(when * max_epochs)) if isinstance(when, float) else when
-        if epoch >= max_epochs:
+        if (when >= 1.0) if isinstance(when, float) else (when >= max_epochs):
             raise ValueError(f"{name}={when} is at or after the end of training (trainer.max_epochs={max_epochs}): "
                              f"{consequence}")
 
