@@ -37,3 +37,29 @@ class RefuseExistingRunDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _refuse_if_taken(OmegaConf.select(config, "hydra.sweep.dir"), "hydra.sweep.dir")
+
+
+RUN_SETTINGS = Path(__file__).resolve().parent.parent / "conf" / "hydra" / "default.yaml"
+
+
+class CarryRunSettings(Callback):
+    """Append this project's Hydra run settings to the run's saved ``.hydra/config.yaml``.
+
+    A saved config re-run as a primary config (``--config-path <run>/.hydra --config-name config``) replaces
+    ``train.yaml`` and its defaults list, Hydra's ``hydra`` group choice included: without this the re-run would
+    land in Hydra's own ``outputs/<date>/<time>`` and skip the refusal of a taken directory. With it, it starts a
+    new ``logs/runs/<time>`` directory like any run. The settings are copied as written (``${now:...}`` resolves
+    again at the re-run), never the directory this run used.
+    """
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        subdir = OmegaConf.select(config, "hydra.output_subdir")
+        saved = Path(str(config.hydra.runtime.output_dir)) / str(subdir) / "config.yaml" if subdir else None
+        if os.environ.get("LOCAL_RANK", "0") != "0" or saved is None or not saved.is_file():
+            return
+        if "\nhydra:" in "\n" + saved.read_text():  # a re-run of a file that carries them already
+            return
+        settings = OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.load(RUN_SETTINGS)}))
+        with saved.open("a") as handle:
+            handle.write("# lightning_micro's run settings: a re-run of this file gets a new run directory\n"
+                         + settings)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
 
 QUICK = ["debug=fdr", "~callbacks.rich_progress_bar", "report.latency_min_run_time=0.01",
          "report.latency_batch_sizes=[1]"]
@@ -120,3 +125,25 @@ def test_a_study_under_a_byte_budget_maximizes_accuracy_within_it(tmp_path):
         assert report["budget/val_acc"] == pytest.approx(report["val/acc"] - (0.0 if within else 1.0))
         values.append(report["budget/val_acc"])
     assert results["best_value"] == pytest.approx(max(values))
+
+
+def test_readme_rerun_command_starts_a_new_run_under_logs_runs(tmp_path):
+    """README's re-run line, as written, from a directory where `python train.py` runs: the re-run lands in
+    logs/runs/<time> like any run (not Hydra's own outputs/), and the first run's files are untouched."""
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [ln for ln in readme.splitlines() if ln.startswith("python train.py --config-path")]
+    command = line.split("#")[0].strip()
+    (tmp_path / "train.py").symlink_to(ROOT / "train.py")  # train.py finds conf/ beside its real path
+    first = subprocess.run([sys.executable, "train.py", *QUICK, "logger=csv"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run,) = list((tmp_path / "logs" / "runs").iterdir())
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    command = command.replace("<run>", run.name).replace("python", sys.executable, 1)
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = sorted((tmp_path / "logs" / "runs").iterdir())
+    assert len(runs) == 2 and not (tmp_path / "outputs").exists()
+    (rerun,) = [r for r in runs if r != run]
+    assert json.loads((rerun / "compression_report.json").read_text())["size/ratio"] == 1.0  # '~compression'
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
