@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from lightning_micro.errors import reported
 from lightning_micro.preflight import check_group_overrides
+from lightning_micro.quiet import log_into_run_file, quiet_third_party
 from lightning_micro.run import optimized_value, train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
@@ -24,6 +25,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    log_into_run_file()
     with reported():
         metrics = train(cfg)
         # Sweepers (Optuna) minimize or maximize what this returns.
@@ -32,6 +34,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """The command line: group choices Hydra would answer with a traceback are checked first, then the run."""
+    quiet_third_party(sys.argv[1:])
     with reported():
         check_group_overrides(sys.argv[1:], CONFIG_DIR)
     main()

@@ -221,6 +221,22 @@ def write_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
         handle.write("\n")
 
 
+def latency_note(report: Mapping[str, Any]) -> str | None:
+    """One line on why batch 1 and batch 64 disagree, when the compressed network is slower than the dense one at
+    batch 1 but not at the largest batch measured (None otherwise)."""
+    small, large = report.get("latency/speedup_b1"), None
+    sizes = sorted(int(k.rsplit("_b", 1)[1]) for k in report if k.startswith("latency/speedup_b"))
+    if sizes and sizes[-1] > 1:
+        large = report.get(f"latency/speedup_b{sizes[-1]}")
+    if small is None or large is None or small >= 1.0 or large <= small:
+        return None
+    why = ("the int8 kernels pay a fixed cost per call (quantizing the input, requantizing every layer's output) "
+           "that a network this small does not earn back" if report.get("quant/activation_bits") == 8 else
+           "a network this small spends a batch-1 call on per-call overhead, not arithmetic")
+    return (f"Batch 1 is {small:.2f}x the dense speed, batch {sizes[-1]} {large:.2f}x: {why}; the larger batch "
+            "shows the kernels' throughput.")
+
+
 def render_table(report: Mapping[str, Any], title: str = "Compression report"):
     """The report as a ``rich`` table (imported lazily: only the run prints it)."""
     from rich.table import Table

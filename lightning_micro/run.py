@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig
 
 from lightning_micro import report as reporting
@@ -99,7 +99,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(report)
     for logger in loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            line = wandb_line(logger)
             logger.experiment.finish()
+            rank_zero_info(line)
     return metrics
 
 
@@ -201,8 +203,31 @@ def write_run_report(
 
     console = Console()
     console.print(reporting.render_table(report))
-    console.print(f"Report, artifact and checkpoints in {output_dir}")
+    note = reporting.latency_note(report)
+    if note:
+        console.print(note, soft_wrap=True)
+    rank_zero_info(written_files_line(output_dir))
     return report
+
+
+def written_files_line(output_dir: Path) -> str:
+    """What the run left in ``output_dir``, as one line (only what is there: a ``debug=fdr`` run keeps no
+    checkpoint)."""
+    names = [(REPORT_NAME, "report"), (ARTIFACT_NAME, "artifact"), (LAYERS_PICTURE, "per-layer picture")]
+    kept = [f"{label} {name}" for name, label in names if (output_dir / name).is_file()]
+    checkpoints = sorted(p.name for p in (output_dir / "checkpoints").glob("*.ckpt"))
+    if checkpoints:
+        kept.append(f"checkpoints/ ({', '.join(checkpoints)})")
+    return f"Wrote {', '.join(kept) or 'nothing'} in {output_dir}"
+
+
+def wandb_line(logger: WandbLogger) -> str:
+    """Where W&B's run files are, and how to upload them when the run was offline."""
+    run_dir = Path(logger.experiment.dir).parent
+    run = logger.experiment
+    offline = bool(getattr(run, "offline", False)) or run.settings.mode in ("offline", "dryrun")
+    return (f"W&B offline run in {run_dir} (upload it later with: wandb sync {run_dir})" if offline
+            else f"W&B run: {run.url}")
 
 
 def log_summary(logger: Logger, report: Mapping[str, Any]) -> None:

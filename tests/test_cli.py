@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +149,31 @@ def test_readme_rerun_command_starts_a_new_run_under_logs_runs(tmp_path):
     (rerun,) = [r for r in runs if r != run]
     assert json.loads((rerun / "compression_report.json").read_text())["size/ratio"] == 1.0  # '~compression'
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_prints_no_python_warning_one_wandb_line_and_keeps_its_log(tmp_path):
+    """The default logger (W&B offline) and the default recipe, shortened: nothing third-party to read past."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "PYTHONWARNINGS")}
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "train.py", "trainer.max_epochs=1", "report.latency_min_run_time=0.01",
+                           "report.latency_batch_sizes=[1,8]", f"hydra.run.dir={run}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    screen = done.stdout + done.stderr
+    assert not re.search(r"Warning\b|warnings\.warn|is deprecated", screen), screen[-3000:]
+    wandb_lines = [line for line in screen.splitlines() if "wandb" in line.lower() or "W&B" in line]
+    assert len(wandb_lines) == 1 and wandb_lines[0].startswith("W&B offline run in "), wandb_lines
+    assert "litlogger" not in screen
+    log = (run / "train.log").read_text()  # the run's log, not an empty file
+    assert "GradualMagnitudePruning: 3 tensors" in log and "Wrote report compression_report.json" in log
+
+
+def test_the_last_line_names_only_what_the_run_wrote(tmp_path):
+    run = tmp_path / "run"
+    done = run_cli([*QUICK, f"hydra.run.dir={run}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("Wrote ")]
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
+    assert ("checkpoints/" in line) == bool(checkpoints)
+    assert all(name in line for name in checkpoints) and "epoch_" not in line  # fast_dev_run keeps no epoch file
+    assert line.endswith(f" in {run}")

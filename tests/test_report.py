@@ -67,3 +67,15 @@ def test_write_report_never_overwrites(tmp_path):
     with pytest.raises(FileExistsError):
         report.write_report({"a": 2}, path)
     assert json.loads(path.read_text()) == {"a": 1}
+
+
+def test_the_latency_note_explains_a_slow_batch_1_only_when_there_is_one():
+    from lightning_micro.report import latency_note
+
+    int8 = {"latency/speedup_b1": 0.5, "latency/speedup_b64": 3.9, "quant/activation_bits": 8}
+    assert latency_note(int8).startswith("Batch 1 is 0.50x the dense speed, batch 64 3.90x: the int8 kernels")
+    small = {"latency/speedup_b1": 0.8, "latency/speedup_b64": 1.2}
+    assert "per-call overhead" in latency_note(small)
+    assert latency_note({"latency/speedup_b1": 1.3, "latency/speedup_b64": 2.0}) is None  # faster at both
+    assert latency_note({"latency/speedup_b1": 0.8, "latency/speedup_b64": 0.7}) is None  # no batch effect
+    assert latency_note({"latency/speedup_b1": 0.8}) is None  # one batch size measured
