@@ -1,4 +1,6 @@
-"""Print the README results rows from bench/results/*.json: python bench/table.py"""
+"""The results rows from bench/results/*.json: ``python bench/table.py`` prints them all (RESULTS.md's tables);
+``python bench/table.py --readme`` rewrites README's table against the papers in place (a test checks that it
+matches)."""
 
 from __future__ import annotations
 
@@ -238,9 +240,32 @@ def papers_rows(payloads: dict) -> list[str]:
     return rows
 
 
-if __name__ == "__main__":
+PAPERS_HEADER = ("| claim | paper | ours: mean (per seed) | bar | command |", "|---|---|---|---|---|")
+README_MARKERS = ("<!-- papers:start (python bench/table.py --readme) -->", "<!-- papers:end -->")
+
+
+def papers_table() -> str:
     papers = {name: load(name) for name in ("deep_compression.json", "distill.json", "sensitivity.json")}
-    print("\nagainst the papers:\n" + "\n".join(papers_rows({k: v for k, v in papers.items() if v})))
+    return "\n".join([*PAPERS_HEADER, *papers_rows({k: v for k, v in papers.items() if v})])
+
+
+def readme_with_papers(readme: str) -> str:
+    """``readme`` with the block between the markers replaced by the current table."""
+    start, end = README_MARKERS
+    head, rest = readme.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{papers_table()}\n{end}{tail}"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--readme" in sys.argv:
+        path = Path(__file__).resolve().parent.parent / "README.md"
+        path.write_text(readme_with_papers(path.read_text()))
+        print(f"wrote the table against the papers into {path}")
+        raise SystemExit(0)
+    print("\nagainst the papers:\n" + papers_table())
     for title, name, render in (("baselines", "baselines.json", baseline_rows),
                                 ("gmp lenet300", "gmp_accuracy_lenet300.json", gmp_rows),
                                 ("gmp lenet5", "gmp_accuracy_lenet5.json", gmp_rows),
