@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -72,34 +73,35 @@ def sensitivity(net: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tens
 
 
 def allocate(curves: Mapping[str, Mapping[float, float]], sizes: Mapping[str, int], target: float,
-             baseline: float) -> dict[str, float]:
-    """Per-layer sparsities whose size-weighted mean is at least ``target``, found as the smallest accuracy loss
-    ``d`` at which every layer, pruned to the highest measured level losing at most ``d`` alone, reaches it
-    together (layers that lose little take more of the pruning).
+             baseline: float, resolution: int = 2000) -> dict[str, float]:
+    """Per-layer sparsities, one measured level each (or 0), whose size-weighted mean is at least ``target`` and
+    whose summed accuracy losses (each layer's measured alone, so assumed to add up) are the smallest: a knapsack
+    solved exactly by dynamic programming over the pruned weights, counted in ``1/resolution`` of the total and
+    rounded down, so that the target is always reached.
 
     Raises:
         ValueError: ``target`` cannot be reached with the measured levels.
     """
     total = sum(sizes.values())
-
-    def at(tolerance: float) -> dict[str, float]:
-        chosen = {}
-        for name, curve in curves.items():
-            fine = [level for level, acc in curve.items() if baseline - acc <= tolerance]
-            chosen[name] = max(fine, default=0.0)
-        return chosen
-
-    def mean(chosen: Mapping[str, float]) -> float:
-        return sum(chosen[n] * sizes[n] for n in chosen) / total
-
-    losses = sorted({max(0.0, baseline - acc) for curve in curves.values() for acc in curve.values()})
-    for tolerance in losses:
-        chosen = at(tolerance)
-        if mean(chosen) >= target:
-            return chosen
-    best = mean(at(float("inf")))
-    raise ValueError(f"target={target} cannot be reached: every layer at its highest measured level gives "
-                     f"{best:.4f}; measure higher levels")
+    need = math.ceil(target * resolution - 1e-9)
+    # best[pruned units] = (summed loss, -weights pruned, choice); the units are capped at ``need`` (more pruning
+    # than asked is fine); of two choices losing the same, the one pruning more wins
+    best: dict[int, tuple[float, float, dict[str, float]]] = {0: (0.0, 0.0, {})}
+    for name, curve in curves.items():
+        options = [(0.0, 0.0)] + [(level, max(0.0, baseline - acc)) for level, acc in curve.items()]
+        step: dict[int, tuple[float, float, dict[str, float]]] = {}
+        for units, (loss, pruned, chosen) in best.items():
+            for level, cost in options:
+                reached = min(need, units + math.floor(level * sizes[name] * resolution / total))
+                candidate = (round(loss + cost, 12), pruned - level * sizes[name], {**chosen, name: level})
+                if reached not in step or candidate[:2] < step[reached][:2]:
+                    step[reached] = candidate
+        best = step
+    if need not in best:
+        most = sum(max(curve) * sizes[name] for name, curve in curves.items()) / total
+        raise ValueError(f"target={target} cannot be reached: every layer at its highest measured level gives "
+                         f"{most:.4f}; measure higher levels")
+    return best[need][2]
 
 
 def plot(curves: Mapping[str, Mapping[float, float]], baseline: float, method: str, path: Path) -> None:
