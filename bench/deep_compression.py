@@ -42,9 +42,8 @@ def overrides(name: str, teacher_dir: str | None = None) -> list[str]:
     recipe = [f"experiment=deep_compression_{model}"]
     if not distill:
         return recipe
-    teacher = TEACHERS[model][0][0].split("=")[1]
     return [*recipe, "compression=[gmp,qat,distill]",
-            f"compression.distill.teacher={teacher_dir or f'<{teacher} run, same seed>'}"]
+            f"compression.distill.teacher={teacher_dir or f'<{TEACHERS[model][0][0]} run, same seed>'}"]
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def overrides(name: str, teacher_dir: str | None = None) -> list[str]:
     if STUDENTS[name] is None:
         return GMP
     return [*GMP, "compression=[gmp,distill]",
-            f"compression.distill.teacher={teacher_dir or f'<{STUDENTS[name]} run, same seed>'}"]
+            f"compression.distill.teacher={teacher_dir or f'<{TEACHERS[STUDENTS[name]][0]} run, same seed>'}"]
 
 
 def main() -> None:
@@ -71,6 +71,7 @@ def main() -> None:
     run_all(list(STUDENTS))
     dense_mean = statistics.mean(r["test/acc"] for r in results["dense"]["runs"])
     for name, result in results.items():
+        result["overrides"] = overrides(name)
         result["test_acc_mean"] = statistics.mean(r["test/acc"] for r in result["runs"])
         if name != "teacher_lenet5":
             result["delta_vs_dense_pp"] = 100 * (result["test_acc_mean"] - dense_mean)

@@ -5,6 +5,7 @@ matches)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -200,17 +201,23 @@ def command(result: dict) -> str:
     return "`python train.py " + " ".join(quoted) + " seed=<seed>`"
 
 
+NETS = {"lenet300": "LeNet-300-100", "lenet5": "LeNet-5", "resnet20": "ResNet-20"}
+
+
 def papers_rows(payloads: dict) -> list[str]:
     """One row per claim against a paper or an issue's bar: the paper's figure, ours, the bar, the command."""
     rows = []
-    dc = payloads.get("deep_compression.json")
-    for name, result in (dc or {}).get("results", {}).items():
+    dc = (payloads.get("deep_compression.json") or {}).get("results", {})
+    for name in sorted(dc, key=lambda n: (not n.startswith("lenet300"), n)):
+        result = dc[name]
         model, _, distilled = name.partition("_")
         runs, paper, figures = result["runs"], result["paper"], result["figures"]
         errors = " ".join(f"{r['error_pct']:.2f}%" for r in runs)
+        teacher = re.search(r"<experiment=baseline_(\w+?)_mnist run", " ".join(result["overrides"]))
         rows.append(
-            f"| Deep Compression, {'LeNet-300-100' if model == 'lenet300' else 'LeNet-5'}"
-            f"{' + distillation from LeNet-5' if distilled else ''} | {paper['ratio']}x at {paper['error_pct']}% "
+            f"| Deep Compression, {'LeNet-300-100' if model == 'lenet300' else 'LeNet-5'}, 20 epochs"
+            f"{f' + distillation from dense {NETS[teacher.group(1)]}' if distilled and teacher else ''} | "
+            f"{paper['ratio']}x at {paper['error_pct']}% "
             f"error | **{figures['ratio_mean']:.1f}x at {figures['error_pct_mean']:.2f}%** ({errors}) | "
             f"{bars_text(result)} | {command(result)} |")
     distill = payloads.get("distill.json")
