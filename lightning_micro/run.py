@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
@@ -102,6 +103,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             line = wandb_line(logger)
             logger.experiment.finish()
             rank_zero_info(line)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # stop gloo's threads before the interpreter does: otherwise a DDP process can abort on exit
+        torch.distributed.destroy_process_group()
     return metrics
 
 

@@ -90,3 +90,6 @@ if __name__ == "__main__":
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[*TECHNIQUES[technique](), SaveWeightsPerRank(out)], default_root_dir=out)
     trainer.fit(module, DigitsDataModule(batch_size=32))
+    # gloo's threads must stop before the interpreter does, or the process can abort on exit
+    # ("terminate called without an active exception", return code -6)
+    torch.distributed.destroy_process_group()
