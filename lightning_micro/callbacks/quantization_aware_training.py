@@ -1,6 +1,7 @@
 """QuantizationAwareTraining: train with quantized weights (and activations) in the loop, export integers.
 
-The Lightning glue only: int8 goes through :mod:`lightning_micro.core.int8_backend` (torch.ao FX, x86 kernels),
+The Lightning glue only: int8 goes through :mod:`lightning_micro.core.int8_backend` (torch.ao FX with x86 kernels,
+or torchao's PT2E flow),
 1/2/4-bit weights through :mod:`lightning_micro.core.quantizers`; both change the network with the recorded
 transforms of :mod:`lightning_micro.core.transforms`, so checkpoints and the artifact rebuild it. What differs
 between the two modes lives in two small schemes, :class:`Int8Scheme` and :class:`LowBitWeightScheme`.
@@ -14,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
@@ -31,8 +32,8 @@ ACTIVATION_BITS = (8, 32)
 
 
 class Int8Scheme:
-    """Weights and activations in int8 (torch.ao FX graph mode): the network is traced, fused and converted to
-    integer kernels; the quantization ranges are observed while training."""
+    """Weights and activations in int8 (torch.ao FX graph mode, or torchao PT2E): the network is traced, fused and
+    converted to integer kernels; the quantization ranges are observed while training."""
 
     name = "int8"
     prepare = "int8_qat_prepare"
@@ -42,7 +43,7 @@ class Int8Scheme:
     def prepare_args(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> dict[str, Any]:
         shape = list(example_input(pl_module, "QuantizationAwareTraining (int8)").shape[1:])
         return {"input_shape": shape, "per_channel": qat.per_channel, "symmetric": qat.symmetric,
-                "skip": qat.skipped, "backend": qat.backend}
+                "skip": qat.skipped, "backend": qat.kernel_backend}
 
     def convert_args(self, qat: QuantizationAwareTraining) -> dict[str, Any]:
         return {}
@@ -62,6 +63,11 @@ class Int8Scheme:
             raise ValueError(f"int8 quantization traces the network and replaces it by an integer graph, which "
                              f"cannot replace the LightningModule {type(pl_module).__name__} itself: set "
                              "compressed_net_name to the attribute that holds the network (e.g. 'net')")
+        others = [t.technique for t in techniques if t is not qat]
+        if others and int8_backend.resolve_backend(qat.backend)[0] == "pt2e":
+            raise ValueError(f"backend 'pt2e' does not compose with {', '.join(others)} yet: the exported graph "
+                             "holds the layers under new names and types, which the other techniques cannot follow; "
+                             "use backend: x86 (torch.ao FX) for composed runs")
         start = qat.fraction_at("start", trainer)
         for other in techniques:
             moment = other.structure_change_at
@@ -85,7 +91,9 @@ class Int8Scheme:
         raise ValueError("the network changed after int8 QAT traced it; a traced graph cannot take new layers")
 
     def report_fields(self, qat: QuantizationAwareTraining) -> dict[str, Any]:
-        return {"quant/kernels": f"int8 torch.ao {qat.backend}"}
+        if qat.kernel_backend == "pt2e":
+            return {"quant/kernels": "int8 torchao pt2e (reference graph; int8_pt2e.compile_for_cpu lowers it)"}
+        return {"quant/kernels": f"int8 torch.ao {qat.kernel_backend}"}
 
     def export_codecs(self, net: nn.Module) -> dict[str, str]:
         return {}  # the artifact stores quantized tensors with its qtensor codec
@@ -144,8 +152,9 @@ class QuantizationAwareTraining(CompressionTechnique):
 
     Two modes, chosen by the bit widths:
 
-    - ``weight_bits=8, activation_bits=8``: PyTorch's int8 QAT (torch.ao FX graph mode, x86/fbgemm kernels).
-      Conv-bn(-relu) and linear-relu are fused; weights are fake-quantized per channel or per tensor,
+    - ``weight_bits=8, activation_bits=8``: PyTorch's int8 QAT (torch.ao FX graph mode, x86/fbgemm kernels; or
+      with ``backend="pt2e"`` torchao's PT2E flow, ``X86InductorQuantizer``). Conv-bn(-relu) and linear-relu are
+      fused; weights are fake-quantized per channel or per tensor,
       symmetric or affine, activations affine uint8. At the end of fit the network is converted to integer
       kernels (on the CPU); that network is tested and exported.
     - ``weight_bits`` 1, 2 or 4 (or 8 with ``activation_bits=32``): weights only, float activations.
@@ -182,7 +191,9 @@ class QuantizationAwareTraining(CompressionTechnique):
         include: name patterns (glob or ``re:``) of the layers to quantize, as module names (``fc1``,
             ``features.*``).
         exclude: name patterns of layers kept in float.
-        backend: int8 kernels: ``x86`` (default), ``fbgemm`` or ``qnnpack``.
+        backend: int8 flow: ``x86`` (default), ``fbgemm`` or ``qnnpack`` (torch.ao FX with that quantized engine;
+            ``pt2e`` instead, saying so, where torch.ao's FX flow cannot be imported), or ``pt2e`` (torchao's PT2E
+            flow: per-channel symmetric weights only).
 
     Raises:
         ValueError: an argument outside its allowed values (named in the message).
@@ -229,9 +240,9 @@ class QuantizationAwareTraining(CompressionTechnique):
         self.freeze_observers = None if freeze_observers is None else check_when("freeze_observers",
                                                                                  freeze_observers)
         self.freeze_bn = None if freeze_bn is None else check_when("freeze_bn", freeze_bn)
-        if backend not in int8_backend.BACKENDS:
-            raise ValueError(f"backend must be one of {list(int8_backend.BACKENDS)}, got {backend!r}")
+        int8_backend.check_backend(backend, per_channel or activation_bits != 8, symmetric or activation_bits != 8)
         self.backend = backend
+        self.kernel_backend = backend  # the one that runs: resolved in setup (torch.ao FX may be gone)
         self.include, self.exclude = check_patterns(include, exclude)
         self.selected_at_start: list[str] = []  # resolved by check_model, on the network as configured
         self.layers: list[str] = []  # the selection on the network as it is now
@@ -287,6 +298,10 @@ class QuantizationAwareTraining(CompressionTechnique):
             self.check_model(self.net_of(pl_module))
         super().setup(trainer, pl_module, stage)
         self.check_before_end("start", "no epoch would train quantized")
+        if self.mode == "int8":
+            self.kernel_backend, fallback = int8_backend.resolve_backend(self.backend)
+            if fallback:
+                rank_zero_warn(f"QuantizationAwareTraining: {fallback}")
         if is_run_start(self.start) and not self._prepared(pl_module):
             self._select(self.net_of(pl_module))
             change_structure(trainer, pl_module, self.scheme.prepare, during_fit=False,

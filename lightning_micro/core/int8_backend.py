@@ -1,8 +1,11 @@
-"""The int8 backend: PyTorch's FX graph-mode quantization (``torch.ao.quantization``) for the x86 CPU kernels.
+"""The int8 backend: PyTorch's FX graph-mode quantization (``torch.ao.quantization``) for the x86 CPU kernels, or
+torchao's PT2E flow (:mod:`lightning_micro.core.int8_pt2e`).
 
-Everything this project asks of the integer backend goes through the functions here, so it can be swapped
-(torchao's PT2E flow, for one) by rewriting this module only:
+Everything this project asks of the integer backend goes through the functions here, which dispatch on the
+backend (``prepare_qat``'s ``backend``) and afterwards on the prepared network's type:
 
+- :func:`resolve_backend` turns the configured backend into the one that runs (``x86``, ``fbgemm`` or ``qnnpack``
+  when torch.ao's FX flow imports, else ``pt2e``, saying so);
 - :func:`prepare_qat` inserts fake quantization of weights and activations, fusing conv-bn(-relu) and
   linear-relu where the backend has fused kernels;
 - :func:`set_fake_quant`, :func:`set_observers`, :func:`freeze_bn_stats` switch phases of training;
@@ -10,10 +13,11 @@ Everything this project asks of the integer backend goes through the functions h
 - :func:`quantized_tensor_parts` / :func:`quantized_tensor_from_parts` store a quantized tensor as plain
   tensors (int codes, scales, zero points) and back, for the artifact.
 
-Why torch.ao FX and not torchao's PT2E flow (measured on this project's LeNet-5 at batch 64, CPU): the FX
-converted model runs the fused fbgemm/x86 int8 kernels eagerly (3.7x faster than fp32); a PT2E converted model
-runs a reference quantize/dequantize graph (0.6x, i.e. slower than fp32) unless compiled with inductor, and its
-state dict keeps unused fp32 weights. torch.ao.quantization is deprecated but ships with torch 2.14.
+Why torch.ao FX stays the default (LeNet-5 on MNIST, one thread; README "int8 backends" has the table): the FX
+converted model runs the fused fbgemm/x86 int8 kernels eagerly; a PT2E converted model runs a reference
+quantize/dequantize graph, slower than fp32, unless lowered with inductor (:func:`int8_pt2e.compile_for_cpu`),
+which compiles once per batch size. torch.ao.quantization is deprecated but ships with torch 2.14; where its FX
+flow is gone, the torch.ao backends fall back to ``pt2e``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-BACKENDS = ("x86", "fbgemm", "qnnpack")
+from lightning_micro.core import int8_pt2e
+
+FX_BACKENDS = ("x86", "fbgemm", "qnnpack")  # torch.ao FX with that quantized engine
+BACKENDS = (*FX_BACKENDS, "pt2e")
 # Module types FX prepare quantizes with integer kernels (directly, or after fusion with a following BatchNorm
 # and/or ReLU); the selection of a layer of any other type is refused before training.
 INT8_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
@@ -41,6 +48,36 @@ def _quiet():
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization.*")
         warnings.filterwarnings("ignore", message=".*must run observer before calling calculate_qparams.*")
         yield
+
+
+def fx_available() -> bool:
+    """Whether torch.ao's FX quantization flow imports (it is deprecated and will leave torch)."""
+    try:
+        with _quiet():
+            from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_backend(backend: str, per_channel: bool = True, symmetric: bool = True) -> None:
+    """Raise ``ValueError`` naming ``backend`` when it is unknown or cannot take the weight scheme."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)} (x86, fbgemm, qnnpack: torch.ao FX with that "
+                         f"engine; pt2e: torchao's PT2E flow), got {backend!r}")
+    if backend == "pt2e" and not (per_channel and symmetric):
+        raise ValueError("backend 'pt2e' quantizes weights per channel and symmetric (X86InductorQuantizer's "
+                         f"configuration), got per_channel={per_channel}, symmetric={symmetric}")
+
+
+def resolve_backend(backend: str) -> tuple[str, str | None]:
+    """The backend that runs for the configured ``backend``, and why it differs (``None`` when it does not): a
+    torch.ao engine becomes ``pt2e`` when torch.ao's FX flow cannot be imported."""
+    check_backend(backend)
+    if backend in FX_BACKENDS and not fx_available():
+        return "pt2e", (f"backend {backend!r} needs torch.ao.quantization.quantize_fx, which this torch "
+                        f"{torch.__version__} cannot import: falling back to backend 'pt2e' (torchao PT2E)")
+    return backend, None
 
 
 def qconfig_mapping(per_channel: bool = True, symmetric: bool = True, skip: Sequence[str] = ()):
@@ -76,10 +113,12 @@ def prepare_qat(net: nn.Module, input_shape: Sequence[int], per_channel: bool = 
     """``net`` traced and prepared for quantization-aware training (a ``GraphModule`` in train mode).
 
     Raises:
-        ValueError: the backend is unknown, or the network cannot be traced symbolically.
+        ValueError: the backend is unknown, or the network cannot be traced symbolically (torch.export for
+            ``pt2e``).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    check_backend(backend, per_channel, symmetric)
+    if backend == "pt2e":
+        return int8_pt2e.prepare_qat(net, input_shape, skip)
     with _quiet():
         from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
@@ -99,6 +138,8 @@ def prepare_qat(net: nn.Module, input_shape: Sequence[int], per_channel: bool = 
 
 
 def _each_fake_quant(net: nn.Module):
+    if isinstance(net, int8_pt2e.ExportedNet):
+        return int8_pt2e.each_fake_quant(net)
     from torch.ao.quantization import FakeQuantizeBase
 
     return (m for m in net.modules() if isinstance(m, FakeQuantizeBase))
@@ -118,6 +159,8 @@ def set_observers(net: nn.Module, enabled: bool) -> None:
 
 def freeze_bn_stats(net: nn.Module, frozen: bool = True) -> None:
     """Fused conv-bn modules stop (or resume) updating their BatchNorm running statistics."""
+    if isinstance(net, int8_pt2e.ExportedNet):
+        return int8_pt2e.freeze_bn_stats(net, frozen)
     from torch.ao.nn.intrinsic import qat as nniqat
 
     for module in net.modules():
@@ -129,6 +172,8 @@ def convert(prepared: nn.Module) -> nn.Module:
     """The integer network (eval mode, CPU) from a prepared network. Observers that have seen data are switched
     off first, so the quantization parameters are exactly those the last training steps used (one that never
     ran, as in a network rebuilt to receive saved weights, observes its weight once, which sets its shapes)."""
+    if isinstance(prepared, int8_pt2e.ExportedNet):
+        return int8_pt2e.convert(prepared)
     with _quiet():
         from torch.ao.quantization.quantize_fx import convert_fx
 

@@ -1,0 +1,114 @@
+"""QuantizationAwareTraining with ``backend="pt2e"`` (torchao's PT2E flow): the run trains, converts and exports a
+network that reloads with the same outputs; it resumes exactly mid-QAT, composes with pruning and takes a user's
+LightningModule; where torch.ao's FX flow is gone, the torch.ao backends fall back to it, saying so."""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_micro import export_compressed
+from lightning_micro.callbacks import GradualMagnitudePruning, QuantizationAwareTraining
+from lightning_micro.core import int8_pt2e
+from lightning_micro.data import DigitsDataModule
+from lightning_micro.export import load_compressed, read_metadata
+from lightning_micro.instantiate import ConfigError
+from lightning_micro.models import ClassifierModule
+from lightning_micro.run import train
+from tests.callbacks.test_gradual_magnitude_pruning import trainer_for
+from tests.callbacks.test_quantization_aware_training import COSINE, NET, SGD, _fit, _fresh_process_accuracy
+from tests.conftest import FAST, compose_cfg
+from tests.user_model import DigitsClassifier
+
+
+def _fit_and_export(tmp_path, callbacks, module=None):
+    L.seed_everything(0)
+    module = module if module is not None else ClassifierModule(NET, SGD, COSINE, input_shape=[1, 8, 8])
+    trainer = trainer_for(tmp_path, callbacks, max_epochs=3, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(module, DigitsDataModule(batch_size=64))
+    path = tmp_path / "model.safetensors"
+    assert export_compressed(trainer, path) == path.stat().st_size
+    return module, path
+
+
+def test_run_with_pt2e_converts_and_its_artifact_scores_the_same_in_a_fresh_process(tmp_path):
+    cfg = compose_cfg([*FAST, "trainer.max_epochs=3", "compression=qat", "compression.qat.start=1",
+                       "compression.qat.backend=pt2e"], tmp_path)
+    metrics = train(cfg)
+    artifact = tmp_path / "model.safetensors"
+    meta = read_metadata(artifact)
+    assert [e["transform"] for e in meta["transforms"]] == ["int8_qat_prepare", "int8_convert"]
+    assert meta["transforms"][0]["args"]["backend"] == "pt2e"
+    assert metrics["test/acc"] > 0.8
+    assert _fresh_process_accuracy(artifact) == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
+def test_pt2e_artifact_holds_int8_weights_and_reloads_with_the_same_outputs(tmp_path):
+    module, path = _fit_and_export(tmp_path, [QuantizationAwareTraining(start=1, backend="pt2e")])
+    net = load_compressed(path)
+    assert isinstance(net, int8_pt2e.ExportedNet) and not net.training
+    state = net.state_dict()
+    weights = [v for k, v in state.items() if "_frozen_param" in k]
+    assert len(weights) == 3 and all(w.dtype == torch.int8 for w in weights)  # fc1..fc3, fp32 copies dropped
+    assert not any(k.endswith(".weight") for k in state)
+    x = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net(x), module.net(x))
+        compiled = int8_pt2e.compile_for_cpu(net)(x)  # oneDNN kernels: requantization rounds differently
+        assert (compiled.argmax(1) == net(x).argmax(1)).float().mean() >= 0.9
+
+
+def test_resume_mid_qat_with_pt2e_matches_an_uninterrupted_run(tmp_path):
+    def make():
+        return QuantizationAwareTraining(start=1, freeze_observers=3, backend="pt2e")
+
+    straight = _fit(tmp_path / "straight", make())
+    _fit(tmp_path / "first", make(), stop_after=2)
+    checkpoint = torch.load(tmp_path / "first" / "last.ckpt", weights_only=True)
+    assert [e["transform"] for e in checkpoint["lightning_micro/transforms"]] == ["int8_qat_prepare"]
+    resumed = _fit(tmp_path / "second", make(), ckpt_path=tmp_path / "first" / "last.ckpt")
+    assert resumed.transforms == straight.transforms
+    x = torch.randn(32, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(resumed(x), straight(x))
+
+
+def test_pt2e_refuses_to_compose_before_the_first_step(tmp_path):
+    pruning = GradualMagnitudePruning(final_sparsity=0.8, start=0, end=1, update_every=5)
+    module = ClassifierModule(NET, SGD, COSINE, input_shape=[1, 8, 8])
+    trainer = trainer_for(tmp_path, [pruning, QuantizationAwareTraining(start=2, backend="pt2e")],
+                          enable_checkpointing=False)
+    with pytest.raises(ValueError, match="backend 'pt2e' does not compose with GradualMagnitudePruning yet"):
+        trainer.fit(module, DigitsDataModule(batch_size=64))
+    assert trainer.global_step == 0
+
+
+def test_user_module_pt2e_cannot_take_fails_before_the_first_step(tmp_path):
+    # Its residual conv-bn output feeds two nodes, which X86InductorQuantizer's annotation refuses (torchao 0.18).
+    trainer = trainer_for(tmp_path, [QuantizationAwareTraining(start=2, backend="pt2e")], enable_checkpointing=False)
+    with pytest.raises(ValueError, match="cannot be prepared by PT2E's X86InductorQuantizer.*use backend: x86"):
+        trainer.fit(DigitsClassifier(), DigitsDataModule(batch_size=64))
+    assert trainer.global_step == 0
+
+
+def test_without_torch_ao_fx_the_x86_backend_falls_back_to_pt2e_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.ao.quantization.quantize_fx", None)  # import raises ImportError
+    qat = QuantizationAwareTraining(start=1, backend="x86")
+    with pytest.warns(UserWarning, match="falling back to backend 'pt2e'"):
+        module, path = _fit_and_export(tmp_path, [qat])
+    assert qat.kernel_backend == "pt2e"
+    assert read_metadata(path)["transforms"][0]["args"]["backend"] == "pt2e"
+    assert isinstance(load_compressed(path), int8_pt2e.ExportedNet)
+
+
+def test_bad_backend_names_the_key_and_the_allowed_values(tmp_path):
+    with pytest.raises(ValueError, match=r"backend must be one of \['x86', 'fbgemm', 'qnnpack', 'pt2e'\].*'arm'"):
+        QuantizationAwareTraining(backend="arm")
+    with pytest.raises(ValueError, match="backend 'pt2e' quantizes weights per channel and symmetric"):
+        QuantizationAwareTraining(backend="pt2e", per_channel=False)
+    cfg = compose_cfg([*FAST, "compression=qat", "compression.qat.backend=arm"], tmp_path)
+    with pytest.raises(ConfigError, match="compression.qat: .*backend must be one of"):
+        train(cfg)
