@@ -53,6 +53,7 @@ READABLE_FORMATS = (FORMAT, "lightning_micro.artifact/3", "lightning_micro.artif
 
 
 METADATA_KEY = "lightning_micro"  # format /4: all fields in one JSON metadata entry
+ARTIFACT_NAME = "model.safetensors"  # the artifact's name in a run's directory
 
 
 class ArtifactError(ValueError):

@@ -64,7 +64,8 @@ def check_run_config(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}", UNTRAINED)
     if not isinstance(report, (DictConfig, Mapping)):
         raise ConfigError("report", f"must be a mapping, got {_shown(report)}")
-    allowed = {"latency_batch_sizes", "latency_threads", "latency_min_run_time", "allow_untrained", "byte_budget"}
+    allowed = {"latency_batch_sizes", "latency_threads", "latency_min_run_time", "allow_untrained", "byte_budget",
+               "onnx"}
     unknown = sorted(set(report) - allowed)
     if unknown:
         raise ConfigError(f"report.{unknown[0]}", f"is not a report setting; the settings are {sorted(allowed)}")
@@ -76,8 +77,9 @@ def check_run_config(cfg: DictConfig) -> None:
     if isinstance(run_time, bool) or not isinstance(run_time, (int, float)) or not math.isfinite(run_time) \
             or run_time <= 0:
         raise ConfigError("report.latency_min_run_time", f"must be a number of seconds > 0, got {_shown(run_time)}")
-    if not isinstance(report.get("allow_untrained", False), bool):
-        raise ConfigError("report.allow_untrained", f"must be true or false, got {_shown(report.allow_untrained)}")
+    for key in ("allow_untrained", "onnx"):
+        if not isinstance(report.get(key, False), bool):
+            raise ConfigError(f"report.{key}", f"must be true or false, got {_shown(report.get(key))}")
     budget = report.get("byte_budget")
     if budget is not None and (not _is_int(budget) or budget < 1):
         raise ConfigError("report.byte_budget", f"must be a number of bytes >= 1 or null, got {_shown(budget)}")

@@ -13,6 +13,8 @@ Pure torch; no Lightning. Every figure is measured, none estimated:
   sparse network run by dense kernels executes every MAC, so its effective count equals the dense one.
 - ``latency/*`` are medians of ``torch.utils.benchmark`` on the CPU with a fixed thread count, the dense
   network and the reloaded artifact measured in alternation in one process; ``latency/speedup_*`` is their ratio.
+  With ``report.onnx=true`` the artifact's ONNX model, run by ONNX Runtime with the same thread count, is timed in
+  the same rounds (``latency/onnx_*``), and ``size/onnx_bytes`` is its file's size.
 
 Techniques add their own fields (bits, ranks, removed layers) by giving their callback a method
 ``report_fields(net) -> dict[str, int | float | str]`` (declared on
@@ -183,9 +185,13 @@ def build_report(
     latency_batch_sizes: Sequence[int] = (1, 64),
     latency_threads: int = 1,
     latency_min_run_time: float = 0.2,
+    onnx_net: nn.Module | None = None,
 ) -> dict[str, ReportValue]:
     """All measured fields for ``net`` (the compressed network, as reloaded from ``artifact_path``) against
-    ``dense_net`` (the same architecture, uncompressed; its fp32 export at ``dense_path``)."""
+    ``dense_net`` (the same architecture, uncompressed; its fp32 export at ``dense_path``). With ``onnx_net`` (the
+    artifact's ONNX model in ONNX Runtime, :class:`lightning_micro.onnx_export.OnnxRuntimeNet`), its file's bytes
+    (``size/onnx_bytes``) and its latency, timed in the same rounds (``latency/onnx_ms_b*``, and
+    ``latency/onnx_vs_artifact_b*``: the PyTorch artifact's time over ONNX Runtime's)."""
     report: dict[str, ReportValue] = {k: float(v) for k, v in (metrics or {}).items()}
     report.update(parameter_counts(net))
     report["params/dense_total"] = parameter_counts(dense_net)["params/total"]
@@ -203,12 +209,17 @@ def build_report(
     if dense_conv:
         report["macs/dense_conv"] = dense_conv
         report["macs/effective_conv"] = count_macs(net, input_shape, convolutions_only=True)
+    if onnx_net is not None:
+        report["size/onnx_bytes"] = Path(onnx_net.path).stat().st_size
     for batch in latency_batch_sizes:
-        times = measure_latency_ms({"net": net, "dense": dense_net}, input_shape, batch, latency_threads,
-                                   latency_min_run_time)
+        nets = {"net": net, "dense": dense_net, **({"onnx": onnx_net} if onnx_net is not None else {})}
+        times = measure_latency_ms(nets, input_shape, batch, latency_threads, latency_min_run_time)
         report[f"latency/ms_b{batch}"] = times["net"]
         report[f"latency/dense_ms_b{batch}"] = times["dense"]
         report[f"latency/speedup_b{batch}"] = times["dense"] / times["net"]
+        if onnx_net is not None:
+            report[f"latency/onnx_ms_b{batch}"] = times["onnx"]
+            report[f"latency/onnx_vs_artifact_b{batch}"] = times["net"] / times["onnx"]
     report["latency/threads"] = latency_threads
     return report
 

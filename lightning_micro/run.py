@@ -6,6 +6,7 @@ All config nodes become objects through :mod:`lightning_micro.instantiate`.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,12 +23,12 @@ from lightning_micro import report as reporting
 from lightning_micro.callbacks.interruption import InterruptionCheckpoint
 from lightning_micro.callbacks.technique import CompressionTechnique, check_same_techniques
 from lightning_micro.errors import RunInterrupted, held_logs
-from lightning_micro.export import export_compressed, load_compressed, save_compressed
+from lightning_micro.export import ARTIFACT_NAME, export_compressed, load_compressed, save_compressed
 from lightning_micro.instantiate import ConfigError, instantiate, instantiate_each, to_plain
 from lightning_micro.models import ClassifierModule
+from lightning_micro.onnx_export import ONNX_NAME, OnnxRuntimeNet, compare_outputs, write_onnx
 from lightning_micro.preflight import check_run_config, read_checkpoint
 
-ARTIFACT_NAME = "model.safetensors"
 REPORT_NAME = "compression_report.json"
 LAYERS_PICTURE = "layers.png"  # the per-layer picture of a compressed run (lightning_micro.pictures)
 # What a finished (or started) run leaves in its directory; finding any of these means the directory is taken.
@@ -174,6 +175,10 @@ def write_run_report(
     # Measure what a user gets from the file, not the training copy. The run's own config named the network, so
     # its class is trusted here (a user's network class too, imported by the run already).
     deployed = load_compressed(artifact_path, trusted=[net_spec["_target_"]])
+    onnx_net = None
+    if settings.get("onnx", False):  # derived from the artifact, as lightning-micro-export would write it
+        write_onnx(deployed, module.input_shape, output_dir / ONNX_NAME)
+        onnx_net = OnnxRuntimeNet(output_dir / ONNX_NAME, threads=int(settings.get("latency_threads", 1)))
     with tempfile.TemporaryDirectory() as tmp:
         dense = instantiate(net_spec, "model.net").eval()
         dense_path = Path(tmp) / "dense.safetensors"
@@ -188,7 +193,14 @@ def write_run_report(
             latency_batch_sizes=list(settings.get("latency_batch_sizes", (1, 64))),
             latency_threads=int(settings.get("latency_threads", 1)),
             latency_min_run_time=float(settings.get("latency_min_run_time", 0.2)),
+            onnx_net=onnx_net,
         )
+    if onnx_net is not None:  # the ONNX model's outputs against the artifact's, on the batches the run tested
+        batches = itertools.islice((x for x, _ in trainer.datamodule.test_dataloader()),
+                                   int(trainer.num_test_batches[0]))
+        parity = compare_outputs(deployed, onnx_net, batches)
+        report.update({"onnx/max_abs_diff": parity["max_abs_diff"],
+                       "onnx/argmax_agreement": parity["argmax_agreement"]})
     for callback in trainer.callbacks:
         if isinstance(callback, CompressionTechnique):
             report.update(callback.report_fields(module.net))
@@ -217,7 +229,8 @@ def write_run_report(
 def written_files_line(output_dir: Path) -> str:
     """What the run left in ``output_dir``, as one line (only what is there: a ``debug=fdr`` run keeps no
     checkpoint)."""
-    names = [(REPORT_NAME, "report"), (ARTIFACT_NAME, "artifact"), (LAYERS_PICTURE, "per-layer picture")]
+    names = [(REPORT_NAME, "report"), (ARTIFACT_NAME, "artifact"), (ONNX_NAME, "ONNX model"),
+             (LAYERS_PICTURE, "per-layer picture")]
     kept = [f"{label} {name}" for name, label in names if (output_dir / name).is_file()]
     checkpoints = sorted(p.name for p in (output_dir / "checkpoints").glob("*.ckpt"))
     if checkpoints:

@@ -258,6 +258,9 @@ def run_plan(x: torch.Tensor, cores: Sequence[torch.Tensor], plan: Plan) -> torc
 # --- the layer ------------------------------------------------------------------------------------------------
 
 
+EXPORT_BATCH = 64  # the batch size whose cheapest contraction order an exported graph (ONNX) runs
+
+
 class TTLinear(nn.Module):
     """A linear layer whose weight is a TT-matrix; the cores are its parameters (``cores.0`` ... ``cores.{d-1}``).
 
@@ -353,7 +356,11 @@ class TTLinear(nn.Module):
         flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         batch = flat.shape[0]
         cores = self.core_tensors()
-        if torch.is_grad_enabled() and (flat.requires_grad or any(c.requires_grad for c in cores)):
+        if torch.compiler.is_exporting():
+            # One graph for every batch size (ONNX's dynamic batch axis): the contraction, in the order with the
+            # fewest multiply-adds at EXPORT_BATCH rows; never the rebuilt matrix, so the cores stay the weights.
+            y = run_plan(flat, cores, self.cheapest_plan(EXPORT_BATCH))
+        elif torch.is_grad_enabled() and (flat.requires_grad or any(c.requires_grad for c in cores)):
             y = run_plan(flat, cores, self.cheapest_plan(batch))
         else:
             plan = self.plan(batch)

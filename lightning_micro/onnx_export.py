@@ -1,0 +1,259 @@
+"""ONNX export of an artifact, and the network run by ONNX Runtime.
+
+The artifact (``model.safetensors``) stays the source of truth; the ONNX file is derived from it, so any artifact
+can be converted later: :func:`export_onnx` rebuilds the network with :func:`~lightning_micro.export.load_compressed`
+(no code from the file runs) and traces what it computes:
+
+- float networks (dense, pruned weights with their zeros, low-rank and TT layers as the contractions their
+  forwards run, low-bit weights decoded to the float values the layer multiplies by, PT2E int8 networks as
+  QuantizeLinear/DequantizeLinear pairs) go through PyTorch's ``torch.export``-based exporter;
+- torch.ao's integer modules (the FX int8 backend) keep their weights in packed parameters that ``torch.export``
+  cannot read, so they go through the TorchScript exporter, which writes the same QDQ form: each integer layer as
+  DequantizeLinear(int8 weight) -> Conv/Gemm -> QuantizeLinear. ONNX Runtime's CPU provider fuses these into
+  its integer kernels (QLinearConv, QGemm), which :func:`integer_kernels` lists from the optimized graph.
+
+The batch axis is dynamic (input ``input``, output ``logits``). :class:`OnnxRuntimeNet` wraps an inference session
+as a module, so that the report times it beside the PyTorch networks with the same benchmark.
+
+Example:
+    >>> path = export_onnx("logs/runs/2026-11-29_07-00-00")  # doctest: +SKIP
+    >>> net = OnnxRuntimeNet(path)  # doctest: +SKIP
+    >>> net(torch.zeros(8, 1, 28, 28)).shape  # doctest: +SKIP
+    torch.Size([8, 10])
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_micro.export import ARTIFACT_NAME, ArtifactError, load_compressed, read_metadata
+from lightning_micro.loading import Trusted, UntrustedSpecError
+
+FORMATS = ("onnx",)
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+ONNX_NAME = "model.onnx"  # beside the artifact in a run's directory (report.onnx=true)
+
+
+class OnnxExportError(ValueError):
+    """Why an export cannot be made: one message naming the argument or file and what is allowed."""
+
+
+def resolve_artifact(source: str | os.PathLike) -> Path:
+    """The artifact a run directory holds, or ``source`` itself when it is a file."""
+    path = Path(source)
+    if path.is_dir():
+        artifact = path / ARTIFACT_NAME
+        if not artifact.is_file():
+            raise OnnxExportError(f"{path} holds no {ARTIFACT_NAME}: give a finished run's directory or an artifact "
+                                  "file")
+        return artifact
+    if not path.is_file():
+        raise OnnxExportError(f"{path} does not exist: give a finished run's directory or an artifact file")
+    return path
+
+
+def uses_packed_int8(net: nn.Module) -> bool:
+    """Whether ``net`` holds torch.ao integer modules (weights in packed parameters, the FX int8 backend)."""
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in net.modules())
+
+
+def write_onnx(net: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, opset: int = OPSET) -> int:
+    """Trace ``net`` (eval mode, CPU) on a batch of ``input_shape`` images, write it to ``path`` (a file that must
+    not exist; it appears only complete) with a dynamic batch axis, check it, and return its size in bytes."""
+    import onnx
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"refusing to overwrite the existing file {path}")
+    net = net.cpu().eval()
+    example = (torch.zeros(2, *input_shape),)  # batch 2: a batch of 1 could be specialized into the graph
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    try:
+        with _exporter_quiet(), torch.no_grad():
+            if uses_packed_int8(net):
+                torch.onnx.export(net, example, str(partial), dynamo=False, opset_version=opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            else:
+                program = torch.onnx.export(net, example, dynamo=True, opset_version=opset,
+                                            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                                            verbose=False)
+                program.save(str(partial), external_data=False)
+        onnx.checker.check_model(str(partial), full_check=True)
+        partial.rename(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path.stat().st_size
+
+
+@contextlib.contextmanager
+def _exporter_quiet():
+    # Both exporters print progress lines and warn about the TorchScript exporter's deprecation (it is the only one
+    # that reads torch.ao's packed weights; see the module docstring). The export is checked instead.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export")]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def artifact_input_shape(artifact: str | os.PathLike) -> list[int] | None:
+    """The image shape ``[C, H, W]`` recorded in an artifact's network spec, if it names one."""
+    spec = read_metadata(artifact)["net"]
+    shape = spec.get("input_shape")
+    return [int(v) for v in shape] if isinstance(shape, list | tuple) else None
+
+
+def export_onnx(
+    source: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    fmt: str = "onnx",
+    input_shape: Sequence[int] | None = None,
+    trusted: Iterable[Trusted] = (),
+    opset: int = OPSET,
+) -> Path:
+    """Write the ONNX model of an artifact (or of a run directory's ``model.safetensors``) and return its path.
+
+    Args:
+        source: a finished run's directory or an artifact file.
+        out: the ONNX file to create (default: beside the artifact, ``model.onnx``); never overwritten.
+        fmt: the output format; ``onnx`` is the one there is.
+        input_shape: ``[C, H, W]`` of one image (default: the ``input_shape`` the artifact's spec records).
+        trusted: classes the artifact may name beyond the zoo (see :func:`~lightning_micro.export.load_compressed`).
+        opset: the ONNX opset to write.
+
+    Raises:
+        OnnxExportError: an unknown format, a missing or unreadable artifact, no input shape, an existing output.
+    """
+    if fmt not in FORMATS:
+        raise OnnxExportError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    artifact = resolve_artifact(source)
+    try:
+        shape = list(input_shape) if input_shape is not None else artifact_input_shape(artifact)
+        net = load_compressed(artifact, trusted)
+    except (ArtifactError, UntrustedSpecError) as err:
+        raise OnnxExportError(str(err)) from err
+    if not shape:
+        raise OnnxExportError(f"{artifact}: its network spec records no input_shape; pass one (--input-shape C,H,W)")
+    target = Path(out) if out is not None else artifact.with_suffix(".onnx")  # model.onnx in a run
+    if target.exists():
+        raise OnnxExportError(f"{target} exists; nothing was written (choose another --output)")
+    write_onnx(net, shape, target, opset)
+    return target
+
+
+def session_options(threads: int = 1, optimized_path: str | os.PathLike | None = None):
+    """ONNX Runtime session options: ``threads`` intra-op threads, one inter-op, all graph optimizations (the QDQ
+    fusion into integer kernels among them)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return options
+
+
+class OnnxRuntimeNet(nn.Module):
+    """An ONNX model run by ONNX Runtime's CPU provider, called like the network it came from (a float tensor
+    batch in, logits out), so it can be timed and compared beside PyTorch networks."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().cpu().float().numpy()})
+        return torch.from_numpy(logits)
+
+
+def integer_kernels(path: str | os.PathLike) -> list[str]:
+    """The integer operators (QLinearConv, QGemm, MatMulInteger, ...) in ONNX Runtime's optimized graph of the
+    model at ``path``, sorted: what its CPU provider actually runs as integer arithmetic."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        ort.InferenceSession(str(path), session_options(1, optimized), providers=["CPUExecutionProvider"])
+        graph = onnx.load(str(optimized)).graph
+    return sorted({node.op_type for node in graph.node
+                   if node.op_type.startswith(("QLinear", "QGemm", "QAttention")) or "Integer" in node.op_type})
+
+
+def compare_outputs(net: nn.Module, onnx_net: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    """Outputs of ``net`` and ``onnx_net`` on the same inputs: ``max_abs_diff`` of the logits and
+    ``argmax_agreement``, the fraction of inputs whose predicted class is the same (``count`` inputs)."""
+    net.eval()
+    worst, same, count = 0.0, 0, 0
+    with torch.no_grad():
+        for x in batches:
+            a, b = net(x).float(), onnx_net(x).float()
+            worst = max(worst, float((a - b).abs().max()))
+            same += int((a.argmax(1) == b.argmax(1)).sum())
+            count += x.shape[0]
+    return {"max_abs_diff": worst, "argmax_agreement": same / max(count, 1), "count": count}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``lightning-micro-export <run dir or artifact> --format onnx``."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-micro-export",
+        description="Write the ONNX model of a run's artifact (or of an artifact file); run it with ONNX Runtime.")
+    parser.add_argument("source", help="a finished run's directory (logs/runs/<time>) or a model.safetensors file")
+    parser.add_argument("--format", default="onnx", help=f"output format: {' | '.join(FORMATS)} (default: onnx)")
+    parser.add_argument("--output", "-o", help="the file to write (default: model.onnx beside the artifact)")
+    parser.add_argument("--input-shape", help="C,H,W of one image (default: the artifact's recorded input_shape)")
+    parser.add_argument("--trust", action="append", default=[],
+                        help="a class path or module the artifact may name beyond the zoo (repeatable)")
+    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
+    args = parser.parse_args(argv)
+    try:
+        shape = None
+        if args.input_shape:
+            try:
+                shape = [int(v) for v in args.input_shape.split(",")]
+            except ValueError:
+                raise OnnxExportError(f"--input-shape must be C,H,W integers, got {args.input_shape!r}") from None
+        path = export_onnx(args.source, args.output, fmt=args.format, input_shape=shape, trusted=args.trust,
+                           opset=args.opset)
+    except (OnnxExportError, FileExistsError) as err:
+        print(f"lightning-micro-export: {err}", file=sys.stderr)
+        return 2
+    kernels = integer_kernels(path)
+    note = f"; ONNX Runtime runs it with integer kernels ({', '.join(kernels)})" if kernels else ""
+    print(f"Wrote {path} ({path.stat().st_size:,} bytes, dynamic batch){note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
