@@ -32,7 +32,7 @@ RECIPES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 EXTRA = {"qat_int8_lenet5_pt2e": ["experiment=qat_int8_lenet5", "compression.qat.backend=pt2e"]}
 # Fractions of an MNIST epoch for the networks whose full epoch takes minutes at one thread.
 TRAIN_BATCHES = {"resnet20": 0.1, "mobilenet": 0.1, "mobilenetv2": 0.05}
-QUICK = ["trainer.max_epochs=1", "trainer.limit_val_batches=0.2", "report.latency_batch_sizes=[1]",
+QUICK = ["trainer.max_epochs=1", "+trainer.limit_val_batches=0.2", "report.latency_batch_sizes=[1]",
          "report.latency_min_run_time=0.02"]
 BATCHES = (1, 64)
 
@@ -41,7 +41,7 @@ def overrides(name: str) -> list[str]:
     base = EXTRA.get(name, [f"experiment={name}"])
     recipe = base[0].split("=", 1)[1]
     model = next((m for m in sorted(TRAIN_BATCHES, key=len, reverse=True) if f"_{m}" in recipe), None)
-    limit = [f"trainer.limit_train_batches={TRAIN_BATCHES[model]}"] if model else []
+    limit = [f"+trainer.limit_train_batches={TRAIN_BATCHES[model]}"] if model else []
     return [*base, *QUICK, *limit]
 
 

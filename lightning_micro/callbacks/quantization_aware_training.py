@@ -63,11 +63,6 @@ class Int8Scheme:
             raise ValueError(f"int8 quantization traces the network and replaces it by an integer graph, which "
                              f"cannot replace the LightningModule {type(pl_module).__name__} itself: set "
                              "compressed_net_name to the attribute that holds the network (e.g. 'net')")
-        others = [t.technique for t in techniques if t is not qat]
-        if others and int8_backend.resolve_backend(qat.backend)[0] == "pt2e":
-            raise ValueError(f"backend 'pt2e' does not compose with {', '.join(others)} yet: the exported graph "
-                             "holds the layers under new names and types, which the other techniques cannot follow; "
-                             "use backend: x86 (torch.ao FX) for composed runs")
         start = qat.fraction_at("start", trainer)
         for other in techniques:
             moment = other.structure_change_at

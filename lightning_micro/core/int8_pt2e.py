@@ -46,14 +46,29 @@ def _quiet():
 
 class ExportedNet(nn.Module):
     """An exported (PT2E) graph as a plain module: ``train(mode)`` moves its batch norms and dropout between their
-    train and eval forms (batch norms stay in eval form while :attr:`bn_frozen`)."""
+    train and eval forms (batch norms stay in eval form while :attr:`bn_frozen`).
+
+    The graph's layers, parameters and buffers are this module's own (shared, not a ``graph.`` submodule), so
+    their names are those of the network it was exported from: other techniques and checkpoints follow them.
+    """
 
     def __init__(self, graph: torch.fx.GraphModule, input_shape: Sequence[int]) -> None:
         super().__init__()
-        self.graph = graph
+        self._graph = (graph,)  # a tuple, so that nn.Module does not register it as a submodule
+        self._parameters, self._buffers, self._modules = graph._parameters, graph._buffers, graph._modules
+        self._non_persistent_buffers_set = graph._non_persistent_buffers_set
         self.input_shape = list(input_shape)  # of one example: a never-run observer sees zeros of this shape
         self.bn_frozen = False
         self._bn_eval_form = False  # exported in train mode
+
+    @property
+    def graph(self) -> torch.fx.GraphModule:
+        return self._graph[0]
+
+    def __deepcopy__(self, memo: dict) -> ExportedNet:
+        copied = ExportedNet(copy.deepcopy(self.graph, memo), self.input_shape)
+        copied.bn_frozen, copied._bn_eval_form, copied.training = self.bn_frozen, self._bn_eval_form, self.training
+        return copied
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.graph(x)
@@ -73,6 +88,48 @@ class ExportedNet(nn.Module):
                 self._bn_eval_form = bn_eval
         self.training = mode
         return self
+
+
+_EXPORTED_TYPES: dict[type, type] = {}
+
+
+def _not_called(self, *args, **kwargs):
+    raise RuntimeError(f"{type(self).__name__} holds the tensors of a layer an exported graph computes; the graph "
+                       "runs it, not its forward")
+
+
+def _exported_type(cls: type) -> type:
+    """A subclass of ``cls`` for the holder of its tensors in an exported graph, so that selection by type name
+    (``Linear``, ``Conv2d``) still finds the layer."""
+    if cls not in _EXPORTED_TYPES:
+        _EXPORTED_TYPES[cls] = type(f"Exported{cls.__name__}", (cls,), {
+            "__doc__": f"The tensors of a {cls.__name__} that an exported graph computes.",
+            "__module__": __name__, "forward": _not_called})
+    return _EXPORTED_TYPES[cls]
+
+
+def _keep_layer_types(graph: torch.fx.GraphModule, net: nn.Module) -> None:
+    """``torch.export`` keeps each layer's tensors in a plain ``nn.Module``: give it back its type (a subclass
+    whose forward is never called) and its settings (``in_features``, ``kernel_size``...)."""
+    for name, layer in net.named_modules():
+        if not name or not any(True for _ in layer.parameters(recurse=False)):
+            continue
+        try:
+            holder = graph.get_submodule(name)
+        except AttributeError:
+            continue
+        if type(holder) is nn.Module:
+            holder.__class__ = _exported_type(type(layer))
+            for key, value in vars(layer).items():
+                if not key.startswith("_") and key != "training" and key not in vars(holder):
+                    setattr(holder, key, value)
+
+
+def _plain_layer_types(graph: torch.fx.GraphModule) -> None:
+    """The inverse of :func:`_keep_layer_types`, for the converted graph, whose layers hold no fp32 weight."""
+    for module in graph.modules():
+        if type(module) in _EXPORTED_TYPES.values():
+            module.__class__ = nn.Module
 
 
 def _is_fake_quant(module: nn.Module) -> bool:
@@ -113,10 +170,12 @@ def prepare_qat(net: nn.Module, input_shape: Sequence[int], skip: Sequence[str] 
         for name in skip:
             quantizer.set_module_name_qconfig(name, None)
         try:
-            prepared = ExportedNet(prepare_qat_pt2e(exported, quantizer), input_shape)
+            graph = prepare_qat_pt2e(exported, quantizer)
         except Exception as err:  # the quantizer's pattern matching raises plain ValueErrors, AssertionErrors
             raise ValueError(f"{type(net).__name__} cannot be prepared by PT2E's X86InductorQuantizer: "
                              f"{type(err).__name__}: {str(err).splitlines()[0]}; use backend: x86") from err
+        _keep_layer_types(graph, net)
+        prepared = ExportedNet(graph, input_shape)
     return prepared.train(was_training)
 
 
@@ -201,6 +260,7 @@ def convert(prepared: ExportedNet) -> ExportedNet:
             with torch.no_grad():
                 prepared(torch.zeros(2, *prepared.input_shape))
         graph = convert_pt2e(prepared.graph)
+        _plain_layer_types(graph)
         _qparams_to_buffers(graph)
         _drop_unread(graph)
         converted = ExportedNet(graph, prepared.input_shape)

@@ -9,6 +9,7 @@ import sys
 import lightning as L
 import pytest
 import torch
+from torch import nn
 
 from lightning_micro import export_compressed
 from lightning_micro.callbacks import GradualMagnitudePruning, QuantizationAwareTraining
@@ -76,14 +77,43 @@ def test_resume_mid_qat_with_pt2e_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(resumed(x), straight(x))
 
 
-def test_pt2e_refuses_to_compose_before_the_first_step(tmp_path):
+def test_pt2e_composes_with_pruning_and_pruned_weights_stay_zero(tmp_path):
     pruning = GradualMagnitudePruning(final_sparsity=0.8, start=0, end=1, update_every=5)
-    module = ClassifierModule(NET, SGD, COSINE, input_shape=[1, 8, 8])
-    trainer = trainer_for(tmp_path, [pruning, QuantizationAwareTraining(start=2, backend="pt2e")],
-                          enable_checkpointing=False)
-    with pytest.raises(ValueError, match="backend 'pt2e' does not compose with GradualMagnitudePruning yet"):
-        trainer.fit(module, DigitsDataModule(batch_size=64))
-    assert trainer.global_step == 0
+    qat = QuantizationAwareTraining(start=2, backend="pt2e")
+    module, path = _fit_and_export(tmp_path, [pruning, qat])
+    assert qat.layers == ["fc1", "fc2", "fc3"]  # the exported graph's layers keep their names and types
+    assert pruning.pruned_fraction() == pytest.approx(0.8, abs=1e-3)
+    codes = [v for k, v in load_compressed(path).state_dict().items() if "_frozen_param" in k]
+    zeros, total = sum(int((c == 0).sum()) for c in codes), sum(c.numel() for c in codes)
+    assert zeros >= 0.8 * total  # every pruned weight is a zero code (a few unpruned ones round to zero too)
+
+
+class PlainConvNet(nn.Module):
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                                  nn.MaxPool2d(2))
+        self.head = nn.Linear(width * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.stem(x), 1))
+
+
+class UserConvClassifier(DigitsClassifier):
+    """A user's module around a conv-bn-relu network, which X86InductorQuantizer takes."""
+
+    def __init__(self, width: int = 8, lr: float = 5e-3) -> None:
+        super().__init__(width, lr)
+        self.backbone = PlainConvNet(width)
+
+
+def test_user_module_takes_pt2e_and_its_artifact_gives_the_same_outputs(tmp_path):
+    module, path = _fit_and_export(tmp_path, [QuantizationAwareTraining(start=1, freeze_bn=2, backend="pt2e")],
+                                   UserConvClassifier())
+    net = load_compressed(path, trusted=[__name__])
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net(x), module.compressed_net(x))
 
 
 def test_user_module_pt2e_cannot_take_fails_before_the_first_step(tmp_path):
