@@ -1,7 +1,7 @@
 """Every recipe's artifact as ONNX, run by ONNX Runtime: outputs against the artifact's, and latency beside it.
 
-    LM_DATA_DIR=../shared/data python bench/onnx.py [--recipes ...] [--jobs 2]   # runs, then measures
-    python bench/onnx.py --measure-only [--rounds 5]                            # re-measure the runs recorded
+    LM_DATA_DIR=../shared/data python bench/export_onnx.py [--recipes ...] [--jobs 2]   # runs, then measures
+    python bench/export_onnx.py --measure-only [--rounds 5]                            # re-measure the runs recorded
 
 For each recipe in conf/experiment (and ``qat_int8_lenet5`` once more with ``compression.qat.backend=pt2e``):
 
