@@ -58,8 +58,11 @@ def test_pt2e_artifact_holds_int8_weights_and_reloads_with_the_same_outputs(tmp_
     x = torch.randn(16, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(net(x), module.net(x))
-        compiled = int8_pt2e.compile_for_cpu(net)(x)  # oneDNN kernels: requantization rounds differently
-        assert (compiled.argmax(1) == net(x).argmax(1)).float().mean() >= 0.9
+        data = DigitsDataModule()
+        data.setup("test")
+        digits = data.test_set.tensors[0]
+        compiled = int8_pt2e.compile_for_cpu(net)(digits)  # oneDNN kernels: requantization rounds differently
+        assert (compiled.argmax(1) == net(digits).argmax(1)).float().mean() >= 0.98
 
 
 def test_resume_mid_qat_with_pt2e_matches_an_uninterrupted_run(tmp_path):
