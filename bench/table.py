@@ -256,12 +256,40 @@ def papers_table() -> str:
     return "\n".join([*PAPERS_HEADER, *papers_rows({k: v for k, v in papers.items() if v})])
 
 
-def readme_with_papers(readme: str) -> str:
-    """``readme`` with the block between the markers replaced by the current table."""
-    start, end = README_MARKERS
+def onnx_rows(payload: dict) -> list[str]:
+    """bench/export_onnx.py: per recipe, the artifact against its ONNX model in ONNX Runtime (one thread)."""
+    rows = ["| recipe | artifact / ONNX bytes | argmax agreement (max abs diff) | batch 1: PyTorch / ORT ms | "
+            "batch 64: PyTorch / ORT ms | ORT integer kernels | command |", "|---|---|---|---|---|---|---|"]
+    for name, r in payload["results"].items():
+        kernels = ", ".join(r["integer_kernels"]) or "-"
+        rows.append(
+            f"| `{name}` | {r['artifact_bytes']:,} / {r['onnx_bytes']:,} | {r['argmax_agreement']:.2%} "
+            f"({r['max_abs_diff']:.2g}) | {r['torch_ms_b1']:.3f} / {r['onnx_ms_b1']:.3f} "
+            f"(**{r['onnx_speedup_b1']:.2f}x**) | {r['torch_ms_b64']:.2f} / {r['onnx_ms_b64']:.2f} "
+            f"(**{r['onnx_speedup_b64']:.2f}x**) | {kernels} | `python bench/export_onnx.py --recipes {name}` |")
+    return rows
+
+
+ONNX_MARKERS = ("<!-- onnx:start (python bench/table.py --readme) -->", "<!-- onnx:end -->")
+
+
+def onnx_table() -> str:
+    payload = load("onnx.json")
+    return "\n".join(onnx_rows(payload)) if payload else "(not measured yet: python bench/export_onnx.py)"
+
+
+def _replace_block(readme: str, markers: tuple[str, str], table: str) -> str:
+    start, end = markers
+    if start not in readme:
+        return readme
     head, rest = readme.split(start, 1)
     _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{papers_table()}\n{end}{tail}"
+    return f"{head}{start}\n{table}\n{end}{tail}"
+
+
+def readme_with_tables(readme: str) -> str:
+    """``readme`` with the blocks between the markers replaced by the current tables (against the papers; ONNX)."""
+    return _replace_block(_replace_block(readme, README_MARKERS, papers_table()), ONNX_MARKERS, onnx_table())
 
 
 if __name__ == "__main__":
@@ -269,8 +297,8 @@ if __name__ == "__main__":
 
     if "--readme" in sys.argv:
         path = Path(__file__).resolve().parent.parent / "README.md"
-        path.write_text(readme_with_papers(path.read_text()))
-        print(f"wrote the table against the papers into {path}")
+        path.write_text(readme_with_tables(path.read_text()))
+        print(f"wrote the tables against the papers and of ONNX Runtime into {path}")
         raise SystemExit(0)
     print("\nagainst the papers:\n" + papers_table())
     for title, name, render in (("baselines", "baselines.json", baseline_rows),
@@ -287,7 +315,8 @@ if __name__ == "__main__":
                                 ("structured seeds", "structured_seeds.json", structured_rows),
                                 ("structured speed", "structured_speed.json", structured_speed_rows),
                                 ("layerdrop", "layerdrop.json", layerdrop_rows),
-                                ("layerdrop speed", "layerdrop_speed.json", structured_speed_rows)):
+                                ("layerdrop speed", "layerdrop_speed.json", structured_speed_rows),
+                                ("onnx", "onnx.json", onnx_rows)):
         payload = load(name)
         if payload:
             print(f"\n{title}:\n" + "\n".join(render(payload)))
