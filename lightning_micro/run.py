@@ -196,8 +196,9 @@ def write_run_report(
             onnx_net=onnx_net,
         )
     if onnx_net is not None:  # the ONNX model's outputs against the artifact's, on the batches the run tested
+        tested = trainer.num_test_batches[0] if trainer.num_test_batches else float("inf")
         batches = itertools.islice((x for x, _ in trainer.datamodule.test_dataloader()),
-                                   int(trainer.num_test_batches[0]))
+                                   int(tested) if tested != float("inf") else None)
         parity = compare_outputs(deployed, onnx_net, batches)
         report.update({"onnx/max_abs_diff": parity["max_abs_diff"],
                        "onnx/argmax_agreement": parity["argmax_agreement"]})
