@@ -287,11 +287,19 @@ class CompiledNet(nn.Module):
             return self.compiled(x)
 
 
+def with_literal_qparams(net: ExportedNet) -> ExportedNet:
+    """A copy of the converted network with the activation qparams written into the graph as literals again, as
+    ``convert_pt2e`` left them: the form inductor and the ONNX exporter (``torch.onnx.export(..., dynamo=True)``,
+    QuantizeLinear/DequantizeLinear) translate. Its state dict no longer holds them: export artifacts from
+    the network :func:`convert` gives, not from this one."""
+    graph = copy.deepcopy(net.graph)
+    _qparams_to_literals(graph)
+    return ExportedNet(graph, net.input_shape).eval()
+
+
 def compile_for_cpu(net: ExportedNet) -> CompiledNet:
     """The converted network lowered by inductor for the CPU: qparams back to literals, weights frozen as
     constants, quantize/dequantize patterns fused into oneDNN int8 convolutions and matmuls. Inference only
     (no autograd); compiles on the first call of each batch size (seconds). Its outputs differ from the
     reference graph's by the kernels' requantization rounding."""
-    graph = copy.deepcopy(net.graph)
-    _qparams_to_literals(graph)
-    return CompiledNet(graph).eval()
+    return CompiledNet(with_literal_qparams(net).graph).eval()
