@@ -67,6 +67,7 @@ class ExportedNet(nn.Module):
 
     def __deepcopy__(self, memo: dict) -> ExportedNet:
         copied = ExportedNet(copy.deepcopy(self.graph, memo), self.input_shape)
+        _keep_layer_types(copied.graph, self)  # a GraphModule's copy rebuilds its layers as plain modules
         copied.bn_frozen, copied._bn_eval_form, copied.training = self.bn_frozen, self._bn_eval_form, self.training
         return copied
 
@@ -119,7 +120,7 @@ def _keep_layer_types(graph: torch.fx.GraphModule, net: nn.Module) -> None:
         except AttributeError:
             continue
         if type(holder) is nn.Module:
-            holder.__class__ = _exported_type(type(layer))
+            holder.__class__ = type(layer) if type(layer) in _EXPORTED_TYPES.values() else _exported_type(type(layer))
             for key, value in vars(layer).items():
                 if not key.startswith("_") and key != "training" and key not in vars(holder):
                     setattr(holder, key, value)
