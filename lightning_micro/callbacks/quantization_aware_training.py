@@ -91,7 +91,7 @@ class Int8Scheme:
         return {"quant/kernels": f"int8 torch.ao {qat.kernel_backend}"}
 
     def export_codecs(self, net: nn.Module) -> dict[str, str]:
-        return {}  # the artifact stores quantized tensors with its qtensor codec
+        return int8_backend.export_codecs(net)
 
 
 class LowBitWeightScheme:

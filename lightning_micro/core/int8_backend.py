@@ -168,6 +168,12 @@ def freeze_bn_stats(net: nn.Module, frozen: bool = True) -> None:
             module.freeze_bn_stats() if frozen else module.update_bn_stats()
 
 
+def export_codecs(net: nn.Module) -> dict[str, str]:
+    """Codecs of the converted network's tensors for the artifact: torch.ao's quantized tensors go by the artifact's
+    own ``qtensor`` codec (nothing to name); PT2E's int8 weights are plain tensors, named here."""
+    return int8_pt2e.export_codecs(net) if isinstance(net, int8_pt2e.ExportedNet) else {}
+
+
 def convert(prepared: nn.Module) -> nn.Module:
     """The integer network (eval mode, CPU) from a prepared network. Observers that have seen data are switched
     off first, so the quantization parameters are exactly those the last training steps used (one that never

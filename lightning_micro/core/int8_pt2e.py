@@ -268,6 +268,13 @@ def convert(prepared: ExportedNet) -> ExportedNet:
     return converted.eval()
 
 
+def export_codecs(net: nn.Module) -> dict[str, str]:
+    """The converted network's integer tensors (int8 weights, per-channel zero points) stored by the artifact's
+    ``codes`` codec: bit-packed, sparse when pruned, entropy-coded when smaller."""
+    return {key: "codes" for key, value in net.state_dict().items()
+            if value.ndim >= 1 and not value.is_floating_point() and not value.is_quantized}
+
+
 def _observed(module: nn.Module) -> bool:
     observed = module.activation_post_process.min_val
     return observed.numel() > 0 and bool(torch.isfinite(observed).all())
