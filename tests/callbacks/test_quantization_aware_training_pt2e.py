@@ -25,10 +25,11 @@ from tests.conftest import FAST, compose_cfg
 from tests.user_model import DigitsClassifier
 
 
-def _fit_and_export(tmp_path, callbacks, module=None):
+def _fit_and_export(tmp_path, callbacks, module=None, **trainer_args):
     L.seed_everything(0)
     module = module if module is not None else ClassifierModule(NET, SGD, COSINE, input_shape=[1, 8, 8])
-    trainer = trainer_for(tmp_path, callbacks, max_epochs=3, enable_checkpointing=False, limit_val_batches=0)
+    trainer = trainer_for(tmp_path, callbacks, **{"max_epochs": 3, "enable_checkpointing": False,
+                                                  "limit_val_batches": 0, **trainer_args})
     trainer.fit(module, DigitsDataModule(batch_size=64))
     path = tmp_path / "model.safetensors"
     assert export_compressed(trainer, path) == path.stat().st_size
@@ -113,7 +114,7 @@ class UserConvClassifier(DigitsClassifier):
 
 def test_user_module_takes_pt2e_and_its_artifact_gives_the_same_outputs(tmp_path):
     module, path = _fit_and_export(tmp_path, [QuantizationAwareTraining(start=1, freeze_bn=2, backend="pt2e")],
-                                   UserConvClassifier())
+                                   UserConvClassifier(), limit_train_batches=6)  # its steps are what is tested
     net = load_compressed(path, trusted=[__name__])
     x = torch.randn(8, 1, 8, 8)
     with torch.no_grad():
