@@ -94,10 +94,10 @@ def test_pt2e_composes_with_pruning_and_pruned_weights_stay_zero(tmp_path):
 
 
 class PlainConvNet(nn.Module):
-    def __init__(self, width: int = 8) -> None:
+    def __init__(self, width: int = 8, batch_norm: bool = False) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                  nn.MaxPool2d(2))
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width) if batch_norm else
+                                  nn.Identity(), nn.ReLU(), nn.MaxPool2d(2))
         self.head = nn.Linear(width * 16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,20 +105,47 @@ class PlainConvNet(nn.Module):
 
 
 class UserConvClassifier(DigitsClassifier):
-    """A user's module around a conv-bn-relu network, which X86InductorQuantizer takes."""
+    """A user's module around a conv(-bn)-relu network, which X86InductorQuantizer takes."""
 
-    def __init__(self, width: int = 8, lr: float = 5e-3) -> None:
+    def __init__(self, width: int = 8, lr: float = 5e-3, batch_norm: bool = False) -> None:
         super().__init__(width, lr)
-        self.backbone = PlainConvNet(width)
+        self.backbone = PlainConvNet(width, batch_norm)
 
 
 def test_user_module_takes_pt2e_and_its_artifact_gives_the_same_outputs(tmp_path):
-    module, path = _fit_and_export(tmp_path, [QuantizationAwareTraining(start=1, freeze_bn=2, backend="pt2e")],
-                                   UserConvClassifier(), limit_train_batches=6)  # its steps are what is tested
+    module, path = _fit_and_export(tmp_path, [QuantizationAwareTraining(start=1, backend="pt2e")],
+                                   UserConvClassifier())
     net = load_compressed(path, trusted=[__name__])
     x = torch.randn(8, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(net(x), module.compressed_net(x))
+
+
+def test_pt2e_freezes_the_batch_norm_statistics_of_a_users_network():
+    """freeze_bn on the exported graph (the backend calls QAT's freeze_bn makes): the statistics move in training
+    until frozen, then stay. Without Lightning, because a fit ends in the conversion, and converting a conv-bn network
+    takes torchao about 20 s (twice for an artifact, which the test above spares by leaving BN out)."""
+    from lightning_micro.core import int8_backend
+
+    torch.manual_seed(0)
+    net = int8_backend.prepare_qat(PlainConvNet(batch_norm=True), [1, 8, 8], backend="pt2e")
+    assert isinstance(net, int8_pt2e.ExportedNet)
+
+    def running_mean() -> torch.Tensor:
+        return next(v.clone() for k, v in net.state_dict().items() if k.endswith("running_mean"))
+
+    start = running_mean()
+    net.train()
+    net(torch.randn(16, 1, 8, 8))
+    moved = running_mean()
+    assert not torch.equal(moved, start)
+    int8_backend.freeze_bn_stats(net, True)
+    net.train()  # Lightning puts the network back in training mode every epoch: it must stay frozen
+    net(torch.randn(16, 1, 8, 8) + 3)
+    assert torch.equal(running_mean(), moved)
+    int8_backend.freeze_bn_stats(net, False)
+    net(torch.randn(16, 1, 8, 8) + 3)
+    assert not torch.equal(running_mean(), moved)
 
 
 def test_user_module_pt2e_cannot_take_fails_before_the_first_step(tmp_path):
