@@ -88,8 +88,9 @@ def _fit(tmp_path: Path, qat: QuantizationAwareTraining, stop_after: int | None 
 
 
 @pytest.mark.parametrize("make", [lambda: QuantizationAwareTraining(start=1, freeze_observers=3),
+                                  lambda: QuantizationAwareTraining(start=1, freeze_observers=3, backend="pt2e"),
                                   lambda: QuantizationAwareTraining(weight_bits=2, activation_bits=32, start=1)],
-                         ids=["int8", "2bit"])
+                         ids=["int8", "int8-pt2e", "2bit"])
 def test_resume_mid_qat_matches_an_uninterrupted_run(make, tmp_path):
     straight = _fit(tmp_path / "straight", make())
     _fit(tmp_path / "first", make(), stop_after=2)  # stopped after one float and one quantized epoch

@@ -1,6 +1,7 @@
 """QuantizationAwareTraining with ``backend="pt2e"`` (torchao's PT2E flow): the run trains, converts and exports a
-network that reloads with the same outputs; it resumes exactly mid-QAT, composes with pruning and takes a user's
-LightningModule; where torch.ao's FX flow is gone, the torch.ao backends fall back to it, saying so."""
+network that reloads with the same outputs; it composes with pruning and takes a user's LightningModule; where
+torch.ao's FX flow is gone, the torch.ao backends fall back to it, saying so. (Its exact resume mid-QAT is a case of
+test_quantization_aware_training's resume test.)"""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from lightning_micro.instantiate import ConfigError
 from lightning_micro.models import ClassifierModule
 from lightning_micro.run import train
 from tests.callbacks.test_gradual_magnitude_pruning import trainer_for
-from tests.callbacks.test_quantization_aware_training import COSINE, NET, SGD, _fit, _fresh_process_accuracy
+from tests.callbacks.test_quantization_aware_training import COSINE, NET, SGD, _fresh_process_accuracy
 from tests.conftest import FAST, compose_cfg
 from tests.user_model import DigitsClassifier
 
@@ -64,21 +65,6 @@ def test_pt2e_artifact_holds_int8_weights_and_reloads_with_the_same_outputs(tmp_
         digits = data.test_set.tensors[0]
         compiled = int8_pt2e.compile_for_cpu(net)(digits)  # oneDNN kernels: requantization rounds differently
         assert (compiled.argmax(1) == net(digits).argmax(1)).float().mean() >= 0.98
-
-
-def test_resume_mid_qat_with_pt2e_matches_an_uninterrupted_run(tmp_path):
-    def make():
-        return QuantizationAwareTraining(start=1, freeze_observers=3, backend="pt2e")
-
-    straight = _fit(tmp_path / "straight", make())
-    _fit(tmp_path / "first", make(), stop_after=2)
-    checkpoint = torch.load(tmp_path / "first" / "last.ckpt", weights_only=True)
-    assert [e["transform"] for e in checkpoint["lightning_micro/transforms"]] == ["int8_qat_prepare"]
-    resumed = _fit(tmp_path / "second", make(), ckpt_path=tmp_path / "first" / "last.ckpt")
-    assert resumed.transforms == straight.transforms
-    x = torch.randn(32, 1, 8, 8)
-    with torch.no_grad():
-        assert torch.equal(resumed(x), straight(x))
 
 
 def test_pt2e_composes_with_pruning_and_pruned_weights_stay_zero(tmp_path):
