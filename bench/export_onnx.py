@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -56,8 +57,6 @@ def overrides(name: str) -> list[str]:
 
 
 def measure(run_dir: Path, rounds: int) -> dict:
-    import torch
-
     from lightning_micro.data import MNISTDataModule
     from lightning_micro.export import load_compressed
     from lightning_micro.onnx_export import OnnxRuntimeNet, compare_outputs, export_onnx, integer_kernels
@@ -86,13 +85,10 @@ def measure(run_dir: Path, rounds: int) -> dict:
         row[f"torch_ms_b{batch}"] = times["torch"]
         row[f"onnx_ms_b{batch}"] = times["onnx"]
         row[f"onnx_speedup_b{batch}"] = times["torch"] / times["onnx"]
-    torch.set_num_threads(1)
     return row
 
 
 def _data_dir() -> Path:
-    import os
-
     return Path(os.environ.get("LM_DATA_DIR", ROOT / "data"))
 
 

@@ -211,8 +211,8 @@ def build_report(
         report["macs/effective_conv"] = count_macs(net, input_shape, convolutions_only=True)
     if onnx_net is not None:
         report["size/onnx_bytes"] = Path(onnx_net.path).stat().st_size
+    nets = {"net": net, "dense": dense_net, **({"onnx": onnx_net} if onnx_net is not None else {})}
     for batch in latency_batch_sizes:
-        nets = {"net": net, "dense": dense_net, **({"onnx": onnx_net} if onnx_net is not None else {})}
         times = measure_latency_ms(nets, input_shape, batch, latency_threads, latency_min_run_time)
         report[f"latency/ms_b{batch}"] = times["net"]
         report[f"latency/dense_ms_b{batch}"] = times["dense"]

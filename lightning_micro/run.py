@@ -7,6 +7,7 @@ All config nodes become objects through :mod:`lightning_micro.instantiate`.
 from __future__ import annotations
 
 import itertools
+import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -196,9 +197,9 @@ def write_run_report(
             onnx_net=onnx_net,
         )
     if onnx_net is not None:  # the ONNX model's outputs against the artifact's, on the batches the run tested
-        tested = trainer.num_test_batches[0] if trainer.num_test_batches else float("inf")
+        tested = trainer.num_test_batches[0]  # an int, or inf for a loader of unknown length
         batches = itertools.islice((x for x, _ in trainer.datamodule.test_dataloader()),
-                                   int(tested) if tested != float("inf") else None)
+                                   None if math.isinf(tested) else int(tested))
         parity = compare_outputs(deployed, onnx_net, batches)
         report.update({"onnx/max_abs_diff": parity["max_abs_diff"],
                        "onnx/argmax_agreement": parity["argmax_agreement"]})
