@@ -6,7 +6,7 @@ Examples:
     python train.py -m model.optimizer.lr=0.01,0.05   # a sweep, one run directory per value
 
 A config or file error prints one line (``Error: <key>: ...``) and exits with status 2 before any training step;
-``HYDRA_FULL_ERROR=1`` shows the traceback instead (see lightning_micro.errors for every exit status).
+``HYDRA_FULL_ERROR=1`` shows the traceback instead (see lightning_micro.run.failures for every exit status).
 """
 
 import sys
@@ -15,10 +15,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lightning_micro.errors import reported
-from lightning_micro.preflight import check_group_overrides
-from lightning_micro.quiet import log_into_run_file, quiet_third_party
-from lightning_micro.run import optimized_value, train
+from lightning_micro.run.failures import reported
+from lightning_micro.run.preflight import check_group_overrides
+from lightning_micro.run.quiet_output import log_into_run_file, quiet_third_party
+from lightning_micro.run.training import optimized_value, train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 

@@ -81,8 +81,8 @@ def speed_against_dense(results: dict, models: tuple[str, ...], rounds: int) -> 
     """Reload the artifact of every ``<model>_*`` run of ``results`` and time them all in this process: per model
     and batch size (64, 1), the median over ``rounds`` interleaved rounds of ``torch.utils.benchmark`` medians (one
     thread) and the speed-up against ``<model>_dense``."""
-    from lightning_micro.export import load_compressed
-    from lightning_micro.report import measure_latency_ms
+    from lightning_micro.artifact.format import load_compressed
+    from lightning_micro.report.measure import measure_latency_ms
 
     measured = {}
     for model in models:

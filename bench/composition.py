@@ -66,9 +66,9 @@ def speed(rounds: int) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
+    from lightning_micro.artifact.format import load_compressed
     from lightning_micro.core import transforms
-    from lightning_micro.export import load_compressed
-    from lightning_micro.report import measure_latency_ms
+    from lightning_micro.report.measure import measure_latency_ms
 
     torch.manual_seed(0)
     results = json.loads((RESULTS / "composition.json").read_text())["results"]

@@ -71,7 +71,7 @@ def speed(args: argparse.Namespace) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from lightning_micro.core import tensor_train as tt
-    from lightning_micro.report import measure_latency_ms
+    from lightning_micro.report.measure import measure_latency_ms
 
     try:
         import tltorch

@@ -9,7 +9,7 @@ For each recipe in conf/experiment (and ``qat_int8_lenet5`` once more with ``com
    epoch for the three larger networks, int8 MobileNet excepted, see ``TRAIN_BATCHES``): every transform of the
    recipe happens, on a schedule given as fractions of the run, so the artifact has the recipe's structure and
    storage, not its accuracy;
-2. ``lightning_micro.onnx_export.export_onnx`` of its artifact, as ``lightning-micro-export <run>`` writes it;
+2. ``lightning_micro.artifact.onnx.export_onnx`` of its artifact, as ``lightning-micro-export <run>`` writes it;
 3. in this process, one thread: the artifact (reloaded with ``load_compressed``) and the ONNX model in ONNX Runtime
    on all 10,000 MNIST test images (max abs difference of the logits, argmax agreement), then their latency at
    batch 1 and 64, measured in alternation (median over ``--rounds`` rounds of torch.utils.benchmark medians), and
@@ -57,10 +57,10 @@ def overrides(name: str) -> list[str]:
 
 
 def measure(run_dir: Path, rounds: int) -> dict:
+    from lightning_micro.artifact.format import load_compressed
+    from lightning_micro.artifact.onnx import OnnxRuntimeNet, compare_outputs, export_onnx, integer_kernels
     from lightning_micro.data import MNISTDataModule
-    from lightning_micro.export import load_compressed
-    from lightning_micro.onnx_export import OnnxRuntimeNet, compare_outputs, export_onnx, integer_kernels
-    from lightning_micro.report import measure_latency_ms
+    from lightning_micro.report.measure import measure_latency_ms
 
     artifact = run_dir / "model.safetensors"
     onnx_path = run_dir / "model.onnx"

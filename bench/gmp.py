@@ -88,7 +88,7 @@ def overhead(args: argparse.Namespace) -> None:
 
     from lightning_micro.callbacks import GradualMagnitudePruning
     from lightning_micro.data import MNISTDataModule
-    from lightning_micro.models import ClassifierModule
+    from lightning_micro.run.classifier import ClassifierModule
 
     torch.set_num_threads(args.threads)
     datamodule = MNISTDataModule(data_dir=os.environ["LM_DATA_DIR"])

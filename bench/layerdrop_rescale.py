@@ -24,9 +24,9 @@ def measure(p: float, scaling: str, epochs: int = 6) -> dict:
     import torch.nn.functional as F
 
     from lightning_micro.callbacks import LayerDropping
-    from lightning_micro.core import depth
+    from lightning_micro.core import block_removal
     from lightning_micro.data import DigitsDataModule
-    from lightning_micro.models import ClassifierModule
+    from lightning_micro.run.classifier import ClassifierModule
 
     L.seed_everything(0)
     module = ClassifierModule({"_target_": "lightning_micro.models.ResNet20", "input_shape": [1, 8, 8]},
@@ -44,14 +44,14 @@ def measure(p: float, scaling: str, epochs: int = 6) -> dict:
     net = module.net.eval()
 
     def evaluate(skipped: list[str]) -> dict:
-        with torch.no_grad(), depth.skipping(net, skipped):
+        with torch.no_grad(), block_removal.skipping(net, skipped):
             out = net(x)
         return {"loss": F.cross_entropy(out, y).item(), "acc": (out.argmax(1) == y).float().mean().item()}
 
-    removed = [BLOCKS[i] for i in depth.every_other(len(BLOCKS), 4)]
+    removed = [BLOCKS[i] for i in block_removal.every_other(len(BLOCKS), 4)]
     shallow = evaluate(removed)
     if scaling == "eval":
-        depth.make_droppable(net, BLOCKS, eval_scales={b: 1 - p for b in BLOCKS})
+        block_removal.make_droppable(net, BLOCKS, eval_scales={b: 1 - p for b in BLOCKS})
         net.eval()
     return {"p": p, "scaling": scaling, "full_network": evaluate([]), "every_other_removed": shallow,
             "removed": removed}

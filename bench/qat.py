@@ -140,9 +140,9 @@ def speed(args: argparse.Namespace) -> None:
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
     from torch.fx.experimental.optimization import fuse
 
+    from lightning_micro.artifact.format import load_compressed
     from lightning_micro.data import MNISTDataModule
-    from lightning_micro.export import load_compressed
-    from lightning_micro.report import measure_latency_ms
+    from lightning_micro.report.measure import measure_latency_ms
 
     class ChannelsLast(torch.nn.Module):
         """A float network run in channels-last memory format, the input converted on the way in (counted)."""

@@ -45,8 +45,8 @@ def resaved_bytes(net, artifact) -> int:
     smaller than the code that ran the recipe did)."""
     import tempfile
 
+    from lightning_micro.artifact.format import read_metadata, save_compressed
     from lightning_micro.core import int8_backend
-    from lightning_micro.export import read_metadata, save_compressed
 
     meta = read_metadata(artifact)
     with tempfile.TemporaryDirectory() as folder:
@@ -69,10 +69,10 @@ def accuracy(args: argparse.Namespace) -> None:
 def summary(args: argparse.Namespace) -> None:
     import torch
 
+    from lightning_micro.artifact.format import load_compressed
     from lightning_micro.core import int8_pt2e
-    from lightning_micro.export import load_compressed
     from lightning_micro.models import LeNet5
-    from lightning_micro.report import measure_latency_ms
+    from lightning_micro.report.measure import measure_latency_ms
 
     torch.set_num_threads(1)
     runs = {backend: latest_run(backend) for backend in BACKENDS}

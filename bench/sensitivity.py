@@ -31,7 +31,7 @@ GMP95 = ["experiment=gmp_lenet300", "compression.gmp.final_sparsity=0.95"]
 def analyse(dense_run: dict) -> str:
     """Run the sensitivity tool on a dense run; the overrides file's path (relative to the repository)."""
     run_dir = ROOT / dense_run["run_dir"]
-    done = subprocess.run([sys.executable, "-m", "lightning_micro.sensitivity", str(run_dir), "--target", "0.95"],
+    done = subprocess.run([sys.executable, "-m", "lightning_micro.tools.sensitivity", str(run_dir), "--target", "0.95"],
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"sensitivity on {run_dir} failed:\n{done.stderr[-3000:]}")

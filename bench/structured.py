@@ -59,7 +59,7 @@ REPORT_KEYS = ("test/acc", "params/total", "params/dense_total", "size/artifact_
 def speed(rounds: int) -> None:
     import torch
 
-    from lightning_micro.export import load_compressed
+    from lightning_micro.artifact.format import load_compressed
 
     results = json.loads((RESULTS / "structured.json").read_text())["results"]
     measured = speed_against_dense(results, ("lenet5", "resnet20", "mobilenet"), rounds)

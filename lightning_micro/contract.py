@@ -16,6 +16,8 @@ own. :class:`CompressionMixin` is all of that in one line::
 
 :class:`Compressible` is the ``typing.Protocol`` the callbacks check with ``isinstance`` (:func:`require_contract`):
 a module that does not adopt the contract gets, before the first training step, one message naming the line to add.
+:class:`Technique` is the other side: what the contract needs of a compression callback (its name, for the
+checkpoint's record of the run's techniques, and its finalize/codecs, for :func:`export_compressed`).
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from lightning_micro.artifact.format import save_compressed
+from lightning_micro.artifact.trust import Trusted, loading_file
 from lightning_micro.core import transforms
-from lightning_micro.loading import Trusted, loading_file
 
 TRANSFORMS_KEY = "lightning_micro/transforms"  # where checkpoints keep the network's structural record
+TECHNIQUES_KEY = "lightning_micro/techniques"  # the run's compression list, by technique, in checkpoints
 CONTRACT_LINE = "class {name}(lightning_micro.CompressionMixin, lightning.LightningModule)"
 
 LossTerm = Callable[..., torch.Tensor]
@@ -56,6 +61,39 @@ class Compressible(Protocol):
     def compression_loss(self, **context: Any) -> torch.Tensor: ...
 
     def compressed_net_spec(self) -> tuple[dict[str, Any], str]: ...
+
+
+@runtime_checkable
+class Technique(Protocol):
+    """What the contract needs of a compression callback (:class:`~lightning_micro.callbacks.technique.
+    CompressionTechnique` is the base that provides it): its name, and its deployable form and codecs."""
+
+    technique: str
+
+    def finalize(self, pl_module: Any) -> None: ...
+
+    def export_codecs(self, net: nn.Module) -> dict[str, str]: ...
+
+
+def technique_list(callbacks: Iterable[Any]) -> list[str]:
+    """The compression techniques among ``callbacks``, by name, in order."""
+    return [c.technique for c in callbacks if isinstance(c, Technique)]
+
+
+def check_same_techniques(checkpoint: Mapping[str, Any], callbacks: Iterable[Any]) -> None:
+    """Refuse to resume a checkpoint into a run whose compression list differs from the one that wrote it: the
+    state of a technique that is dropped (masks, observer ranges) would be lost, one that is added would start
+    from a network it did not see. Checkpoints written before the list was recorded are not checked.
+
+    Raises:
+        ValueError: naming both lists.
+    """
+    saved = checkpoint.get(TECHNIQUES_KEY)
+    current = technique_list(callbacks)
+    if saved is not None and list(saved) != current:
+        raise ValueError(f"the checkpoint was written by a run compressing with {list(saved)}, but this run has "
+                         f"{current}; resuming would lose or invent compression state (masks, observer ranges, "
+                         "swapped layers). Resume with the same compression list, or start a new run")
 
 
 class CompressionMixin:
@@ -84,7 +122,7 @@ class CompressionMixin:
     def apply_transform(self, transform: str, **args: Any) -> nn.Module:
         """Change :attr:`compressed_net` with a registered transform and record it. Parameters the transform
         replaces are new objects: a caller doing this after the optimizer was built must rebuild it (the
-        callbacks do, through ``lightning_micro.callbacks.structure.transform_during_fit``).
+        callbacks do, through ``lightning_micro.callbacks.structure_change.transform_during_fit``).
 
         Raises:
             ValueError: the transform replaces the network object itself (int8 tracing does) while the network is
@@ -106,14 +144,12 @@ class CompressionMixin:
                              **kwargs: Any) -> Any:
         """Lightning's ``load_from_checkpoint``, reading the file as data only: ``torch.load(weights_only=True)``,
         and network, optimizer and scheduler nodes among the saved hyper-parameters are built only from trusted
-        classes with plain arguments (:mod:`lightning_micro.loading`; ``trusted`` names your own)."""
+        classes with plain arguments (:mod:`lightning_micro.artifact.trust`; ``trusted`` names your own)."""
         kwargs.setdefault("weights_only", True)
         with loading_file(trusted):
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from lightning_micro.callbacks.technique import TECHNIQUES_KEY, technique_list
-
         checkpoint[TRANSFORMS_KEY] = [dict(entry) for entry in self.transforms]
         trainer = self._fitting_trainer()
         if trainer is not None:  # a dense run records its empty list too
@@ -121,8 +157,6 @@ class CompressionMixin:
         super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from lightning_micro.callbacks.technique import check_same_techniques
-
         trainer = self._fitting_trainer()
         if trainer is not None:  # resuming a fit (load_from_checkpoint has no trainer)
             check_same_techniques(checkpoint, trainer.callbacks)
@@ -189,9 +223,7 @@ class CompressionMixin:
 
     def export_compressed(self, path: str | os.PathLike) -> int:
         """After ``trainer.fit``: write the compressed network to ``path`` and return its size in bytes (see
-        :func:`lightning_micro.export.export_compressed`, which this calls with the module's trainer)."""
-        from lightning_micro.export import export_compressed  # the export floor sits above this one
-
+        :func:`export_compressed`, which this calls with the module's trainer)."""
         return export_compressed(self.trainer, path, self)  # type: ignore[attr-defined]
 
 
@@ -236,3 +268,44 @@ def example_input(pl_module: Any, technique: str) -> torch.Tensor:
                          f"self.example_input_array = torch.zeros(1, ...) in {type(pl_module).__name__}.__init__ "
                          "(one batch of the network's input shape)")
     return example
+
+
+def export_compressed(trainer: Any, path: str | os.PathLike, pl_module: Any = None) -> int:
+    """Write the compressed network of a finished fit as an artifact and return its size in bytes: the one call
+    after ``trainer.fit`` for any LightningModule with the compression contract.
+
+    Every compression technique of the trainer is finalized (int8 conversion, integer codes), their codecs are
+    gathered (for the keys the network has), and the network is saved with its record of transforms and the spec
+    that rebuilds it (:meth:`CompressionMixin.compressed_net_spec`: the module's class path and saved init
+    arguments, or a factory it names). :func:`~lightning_micro.artifact.format.load_compressed` rebuilds it in a
+    fresh process.
+
+    Args:
+        trainer: the ``lightning.Trainer`` that ran the fit (its callbacks are the techniques).
+        path: the file to create; an existing file is never overwritten.
+        pl_module: the LightningModule (default: ``trainer.lightning_module``).
+
+    Raises:
+        FileExistsError: ``path`` exists.
+        ValueError: the module's class cannot be imported by another process (defined in ``__main__``), or its
+            init arguments were not saved.
+        TypeError: the module does not adopt the compression contract.
+
+    Example:
+        >>> trainer.fit(module, datamodule)  # doctest: +SKIP
+        >>> export_compressed(trainer, "model.safetensors")  # doctest: +SKIP
+        >>> net = load_compressed("model.safetensors")  # doctest: +SKIP
+    """
+    module = require_contract(pl_module if pl_module is not None else trainer.lightning_module, "export_compressed")
+    if Path(path).exists():
+        raise FileExistsError(f"refusing to overwrite the existing artifact {path}")
+    spec, submodule = module.compressed_net_spec()  # refuses __main__ classes before anything is converted
+    techniques = [c for c in trainer.callbacks if isinstance(c, Technique)]
+    for technique in techniques:
+        technique.finalize(module)
+    net = module.compressed_net
+    state_keys = set(net.state_dict())
+    codecs: dict[str, str] = {}
+    for technique in techniques:  # later techniques win for a key two of them name
+        codecs.update({k: v for k, v in technique.export_codecs(net).items() if k in state_keys})
+    return save_compressed(net, spec, path, codecs, module.transforms, submodule=submodule)

@@ -154,7 +154,7 @@ def test_a_config_hydra_cannot_compose_gets_hydras_short_message(overrides, key,
 @pytest.fixture(scope="module")
 def gmp_checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint of a short GMP run (compression=[gmp])."""
-    from lightning_micro.run import train
+    from lightning_micro.run.training import train
     from tests.conftest import FAST, compose_cfg
 
     out = tmp_path_factory.mktemp("gmp_run")

@@ -8,8 +8,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from lightning_micro.instantiate import ConfigError, instantiate, instantiate_each
-from lightning_micro.models import ClassifierModule
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import ConfigError, instantiate, instantiate_each
 from tests.conftest import CONF, compose_cfg, mnist_dir
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lightning_micro.export import CODECS, load_compressed, read_metadata, save_compressed
+from lightning_micro.artifact.format import CODECS, load_compressed, read_metadata, save_compressed
 from lightning_micro.models import MobileNet
 
 SPEC = {"_target_": "lightning_micro.models.MobileNet", "input_shape": [3, 16, 16], "num_classes": 5,
@@ -32,7 +32,7 @@ def test_reload_in_a_fresh_process_gives_equal_outputs(net, tmp_path):
     torch.save({"x": x, "y": net(x).detach()}, tmp_path / "io.pt")
     code = (
         "import sys, torch\n"
-        "from lightning_micro.export import load_compressed\n"
+        "from lightning_micro.artifact.format import load_compressed\n"
         f"net = load_compressed({str(path)!r})\n"
         f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
         "print(type(net).__name__, torch.equal(net(io['x']), io['y']))\n"

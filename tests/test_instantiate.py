@@ -2,7 +2,7 @@
 
 import pytest
 
-from lightning_micro.instantiate import ConfigError, instantiate, instantiate_each
+from lightning_micro.run.instantiate import ConfigError, instantiate, instantiate_each
 
 
 def test_node_without_target_is_an_error():
@@ -29,7 +29,7 @@ def test_unimportable_target_names_the_key():
 
 def test_nested_config_errors_keep_the_full_key():
     node = {
-        "_target_": "lightning_micro.models.ClassifierModule",
+        "_target_": "lightning_micro.run.classifier.ClassifierModule",
         "_recursive_": False,
         "net": {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]},
         "optimizer": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": -1.0},

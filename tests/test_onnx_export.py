@@ -16,11 +16,12 @@ import onnx
 import pytest
 import torch
 
+from lightning_micro.artifact.format import load_compressed, save_compressed
+from lightning_micro.artifact.onnx import OnnxExportError, OnnxRuntimeNet, export_onnx, integer_kernels
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.export import load_compressed, save_compressed
 from lightning_micro.models import LeNet300
-from lightning_micro.onnx_export import OnnxExportError, OnnxRuntimeNet, export_onnx, integer_kernels, main
-from lightning_micro.run import train
+from lightning_micro.run.training import train
+from lightning_micro.tools.export import main
 from tests.conftest import FAST, compose_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,7 @@ def test_each_techniques_onnx_model_gives_the_artifacts_outputs(runs, name):
         assert report["onnx/argmax_agreement"] >= 0.99
         if name == "qat_int8_pt2e":
             # PT2E's full-range activations would saturate ONNX Runtime's u8s8 kernels on CPUs without VNNI, so its
-            # weights are stored as uint8 (lightning_micro.onnx_export.int8_weights_to_uint8)
+            # weights are stored as uint8 (lightning_micro.artifact.onnx.int8_weights_to_uint8)
             types = {t.name: t.data_type for t in model.graph.initializer}
             weights = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in types]
             assert weights and {types[w] for w in weights} == {onnx.TensorProto.UINT8}
@@ -195,7 +196,7 @@ def test_bad_input_gets_one_message_and_nothing_is_written(tmp_path, capsys):
 
 
 def test_report_onnx_must_be_a_boolean(tmp_path):
-    from lightning_micro.instantiate import ConfigError
+    from lightning_micro.run.instantiate import ConfigError
 
     with pytest.raises(ConfigError, match="report.onnx"):
         train(compose_cfg([*FAST, "report.onnx=maybe"], tmp_path))

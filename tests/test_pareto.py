@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_micro.pareto import gather, main, pareto_front, plot
+from lightning_micro.tools.pareto import gather, main, pareto_front, plot
 from tests.conftest import FAST, wandb_run_records
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lightning_micro.pictures import _panels, layer_picture
+from lightning_micro.report.pictures import _panels, layer_picture
 
 REPORT = {
     "sparsity/global": 0.5, "sparsity/fc1.weight": 0.9, "sparsity/fc2.weight": 0.5, "quant/weight_bits": 4,

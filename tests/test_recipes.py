@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from lightning_micro.export import load_compressed
-from lightning_micro.run import train
+from lightning_micro.artifact.format import load_compressed
+from lightning_micro.run.training import train
 from tests.conftest import compose_cfg, mnist_dir, run_cli
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

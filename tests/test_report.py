@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from lightning_micro import report
-from lightning_micro.export import save_compressed
+from lightning_micro.artifact.format import save_compressed
 from lightning_micro.models import LeNet5, LeNet300
+from lightning_micro.report import measure as report
 
 SPEC = {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 28, 28], "num_classes": 10}
 
@@ -70,7 +70,7 @@ def test_write_report_never_overwrites(tmp_path):
 
 
 def test_the_latency_note_explains_a_slow_batch_1_only_when_there_is_one():
-    from lightning_micro.report import latency_note
+    from lightning_micro.report.measure import latency_note
 
     int8 = {"latency/speedup_b1": 0.5, "latency/speedup_b64": 3.9, "quant/activation_bits": 8}
     assert latency_note(int8).startswith("Batch 1 is 0.50x the dense speed, batch 64 3.90x: the int8 kernels")

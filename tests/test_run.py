@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
+from lightning_micro.artifact.format import load_compressed
 from lightning_micro.data import DatasetNotFoundError
-from lightning_micro.export import load_compressed
-from lightning_micro.instantiate import ConfigError
-from lightning_micro.models import ClassifierModule
-from lightning_micro.run import train
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import ConfigError
+from lightning_micro.run.training import train
 from tests.conftest import FAST, compose_cfg, wandb_run_records
 
 

@@ -14,8 +14,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_micro.callbacks import DivergenceGuard, GradualMagnitudePruning, QuantizationAwareTraining
-from lightning_micro.errors import TrainingDiverged
-from lightning_micro.run import train
+from lightning_micro.run.failures import TrainingDiverged
+from lightning_micro.run.training import train
 from tests.conftest import FAST, ROOT, compose_cfg
 from tests.user_model import DigitsClassifier
 

@@ -20,9 +20,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lightning_micro.export import FORMAT, METADATA_KEY, ArtifactError, _checksum, load_compressed, save_compressed
-from lightning_micro.loading import UntrustedSpecError
-from lightning_micro.models import ClassifierModule, LeNet300
+from lightning_micro.artifact.format import (
+    FORMAT,
+    METADATA_KEY,
+    ArtifactError,
+    _checksum,
+    load_compressed,
+    save_compressed,
+)
+from lightning_micro.artifact.trust import UntrustedSpecError
+from lightning_micro.models import LeNet300
+from lightning_micro.run.classifier import ClassifierModule
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]}
@@ -68,7 +76,7 @@ def load_each_in_a_fresh_process(directory: Path, loader: str, paths: list[str],
     ``{name: "LOADED"}`` or ``{name: "<error type> <first line of its message>"}``."""
     code = (
         f"{loader}\n"
-        "from lightning_micro.loading import UntrustedSpecError\n"
+        "from lightning_micro.artifact.trust import UntrustedSpecError\n"
         f"for name, path in zip({names!r}, {paths!r}):\n"
         "    try:\n"
         "        load(path)\n"
@@ -104,7 +112,7 @@ def test_no_payload_in_an_artifact_runs_code(attack_dir, tmp_path):
         write_artifact(tmp_path / f"{name}.safetensors", spec)
         names.append(name)
     before = {p.name for p in attack_dir.rglob("*")}
-    lines = load_each_in_a_fresh_process(attack_dir, "from lightning_micro.export import load_compressed as load",
+    lines = load_each_in_a_fresh_process(attack_dir, "from lightning_micro.artifact.format import load_compressed as load",
                                          [str(tmp_path / f"{name}.safetensors") for name in names], names)
     refused = {k: v for k, v in lines.items() if k != "interpolation"}
     assert all(v.startswith("UntrustedSpecError") for v in refused.values()), lines
@@ -140,7 +148,7 @@ def test_a_user_class_loads_only_when_the_caller_trusts_it(tmp_path):
 def test_trust_registers_a_class_for_the_process(tmp_path):
     code = (
         "import lightning_micro\n"
-        "from lightning_micro.export import load_compressed, save_compressed\n"
+        "from lightning_micro.artifact.format import load_compressed, save_compressed\n"
         "from tests.user_model import ResidualDepthwiseNet\n"
         f"path = {str(tmp_path / 'u.safetensors')!r}\n"
         "save_compressed(ResidualDepthwiseNet(width=8), {'_target_': 'tests.user_model.ResidualDepthwiseNet', "
@@ -201,7 +209,7 @@ def test_the_same_network_exported_twice_gives_the_same_bytes_in_two_processes(t
     torch.save(net.state_dict(), tmp_path / "w.pt")
     code = (
         "import sys, torch\n"
-        "from lightning_micro.export import save_compressed\n"
+        "from lightning_micro.artifact.format import save_compressed\n"
         "from lightning_micro.models import LeNet300\n"
         "net = LeNet300([1, 8, 8]); net.load_state_dict(torch.load(sys.argv[1]))\n"
         "save_compressed(net, {'_target_': 'lightning_micro.models.LeNet300', 'input_shape': [1, 8, 8]}, "
@@ -243,7 +251,7 @@ def test_load_from_checkpoint_never_runs_the_payloads(attack_dir, tmp_path):
             classifier_checkpoint(tmp_path / f"{name}.ckpt", spec)
     before = {p.name for p in attack_dir.rglob("*")}
     lines = load_each_in_a_fresh_process(
-        attack_dir, "from lightning_micro.models import ClassifierModule\nload = ClassifierModule.load_from_checkpoint",
+        attack_dir, "from lightning_micro.run.classifier import ClassifierModule\nload = ClassifierModule.load_from_checkpoint",
         [str(tmp_path / f"{name}.ckpt") for name in sorted(cases)], sorted(cases))
     assert all(v.startswith("UntrustedSpecError") or (k == "interpolation" and v.startswith("TypeError"))
                for k, v in lines.items()), lines

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from lightning_micro.callbacks import GradualMagnitudePruning
-from lightning_micro.sensitivity import allocate, main
+from lightning_micro.tools.sensitivity import allocate, main
 from tests.conftest import FAST, wandb_run_records
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from lightning_micro import export_compressed, load_compressed
+from lightning_micro.artifact.format import read_metadata
 from lightning_micro.callbacks import (
     GradualMagnitudePruning,
     LowRankDecomposition,
@@ -24,8 +25,7 @@ from lightning_micro.callbacks import (
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.export import read_metadata
-from lightning_micro.report import weight_tensors
+from lightning_micro.report.measure import weight_tensors
 from tests.user_model import (
     DigitsClassifier,
     FactoryNamed,

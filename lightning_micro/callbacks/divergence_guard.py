@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_micro.errors import TrainingDiverged
+from lightning_micro.callbacks.run_stopped import TrainingDiverged
 
 
 def non_finite_parameters(module: torch.nn.Module) -> list[str]:
@@ -24,7 +24,7 @@ def non_finite_parameters(module: torch.nn.Module) -> list[str]:
 
 
 class DivergenceGuard(Callback):
-    """Raise :class:`~lightning_micro.errors.TrainingDiverged` at the first optimizer step whose training loss is
+    """Raise :class:`~lightning_micro.run.failures.TrainingDiverged` at the first optimizer step whose training loss is
     NaN or infinite, and before validation (and the epoch's checkpoint) when a weight is.
 
     The checkpoints already written are kept: the last one is from before the divergence, because the check runs

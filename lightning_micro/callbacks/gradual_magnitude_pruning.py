@@ -14,13 +14,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_count, check_window, follow_selection, read_overrides
-from lightning_micro.callbacks.arguments import check_fraction as _check_fraction
+from lightning_micro.callbacks.argument_checks import check_count, check_window, follow_selection, read_overrides
+from lightning_micro.callbacks.argument_checks import check_fraction as _check_fraction
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.masks import apply_masks_, floor_count, magnitude_masks, mask_optimizer_state_
 from lightning_micro.core.schedules import SPARSITY_SCHEDULES
 from lightning_micro.core.selection import check_pattern, name_matches, select_parameters
-from lightning_micro.report import sparsity as measured_sparsity
+from lightning_micro.report.measure import sparsity as measured_sparsity
 
 # TTLinear: its cores (``prunable_parameters``), so a TT layer swapped in mid-run is pruned like the Linear it replaced.
 DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "TTLinear")
@@ -179,7 +179,7 @@ class GradualMagnitudePruning(CompressionTechnique):
         self._select(net)
 
     def _select(self, net: nn.Module) -> None:
-        """The selection on ``net`` as it is now (:func:`~lightning_micro.callbacks.arguments.follow_selection`)."""
+        """The selection on ``net`` as it is now (:func:`~lightning_micro.callbacks.argument_checks.follow_selection`)."""
         names = follow_selection(select_parameters(net, ["*"], [], self.module_types), self.include, self.exclude,
                                  self.selected_at_start, module_of=lambda n: n.rpartition(".")[0])
         if not names:

@@ -17,30 +17,35 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
+from lightning_micro.artifact.format import ARTIFACT_NAME, load_compressed
+from lightning_micro.artifact.trust import Trusted, UntrustedSpecError, resolve
 from lightning_micro.callbacks.technique import CompressionTechnique
+from lightning_micro.contract import CompressionMixin, compressed_net
 from lightning_micro.core.distillation import distillation_term
-from lightning_micro.loading import Trusted
 
 
-def load_teacher(path: str | Path, trusted: Iterable[Trusted] = ()) -> nn.Module:
+def load_teacher(path: str | Path, trusted: Iterable[Trusted] = (), module_class: type | None = None) -> nn.Module:
     """The network stored at ``path``: an artifact (``.safetensors``, or a run directory holding
-    ``model.safetensors``) or a Lightning checkpoint of the zoo's ``ClassifierModule`` (``.ckpt``), read as data only,
-    in eval mode with gradients off.
+    ``model.safetensors``) or a Lightning checkpoint (``.ckpt``) of a LightningModule of class ``module_class``,
+    read as data only, in eval mode with gradients off. Of a checkpoint's module, the network is its
+    ``compressed_net`` (the contract's) or the whole module.
 
     Raises:
-        ValueError: no such file, or one that is neither.
+        ValueError: no such file, one that is neither, or a checkpoint without ``module_class``.
     """
-    from lightning_micro.export import load_compressed
-    from lightning_micro.models import ClassifierModule
-
     path = Path(path)
     if path.is_dir():
-        path = path / "model.safetensors"
+        path = path / ARTIFACT_NAME
     if not path.is_file():
         raise ValueError(f"teacher: no file at {path} (give an artifact, a run directory holding model.safetensors, "
                          "or a .ckpt checkpoint of a run)")
     if path.suffix == ".ckpt":
-        net = ClassifierModule.load_from_checkpoint(path, map_location="cpu", trusted=trusted).net
+        if module_class is None:
+            raise ValueError(f"teacher: {path} is a checkpoint; name the LightningModule class that wrote it "
+                             "(teacher_class)")
+        # The mixin's load_from_checkpoint reads hyper-parameters under `trusted`; any other class as weights only.
+        kwargs = {"trusted": trusted} if issubclass(module_class, CompressionMixin) else {"weights_only": True}
+        net = compressed_net(module_class.load_from_checkpoint(path, map_location="cpu", **kwargs))
     elif path.suffix == ".safetensors":
         net = load_compressed(path, trusted=trusted)
     else:
@@ -51,13 +56,17 @@ def load_teacher(path: str | Path, trusted: Iterable[Trusted] = ()) -> nn.Module
     return net
 
 
+def _is_checkpoint(path: str) -> bool:
+    return Path(path).suffix == ".ckpt" and Path(path).is_file()
+
+
 class KnowledgeDistillation(CompressionTechnique):
     """Add ``alpha * (T^2 KL(teacher_T || student_T) - CE(student, y))`` to the training loss, so that a module whose
     task loss is the cross-entropy trains on ``(1 - alpha) CE + alpha T^2 KL``: the student (the network being
     compressed, with whatever other techniques the run has) learns the teacher's softened outputs beside the labels.
 
     The teacher (``teacher``: an artifact, a run directory or a checkpoint of a dense recipe's run) is loaded as
-    data only, runs in eval mode without gradients on the student's device, and is not part of the module (nor of
+    data only (a checkpoint through ``teacher_class``, by default the student's own LightningModule class), runs in eval mode without gradients on the student's device, and is not part of the module (nor of
     its checkpoints). Its forward time is in the report beside the fit's (``distill/teacher_s``,
     ``distill/teacher_share``). The term needs the batch (``(input, target)``) and, when the module passes them,
     the student's outputs (``self.compression_loss(batch=batch, outputs=logits)``); otherwise it runs the network
@@ -67,7 +76,10 @@ class KnowledgeDistillation(CompressionTechnique):
         teacher: path of the teacher's artifact (``.safetensors``), run directory or checkpoint (``.ckpt``).
         alpha: weight of the distillation term, in [0, 1] (0: labels only; 1: the teacher only).
         temperature: softening temperature T > 0 of both outputs.
-        trusted: classes (or paths) the teacher's file may name beyond the zoo (``lightning_micro.loading``).
+        trusted: classes (or paths) the teacher's file may name beyond the zoo (``lightning_micro.artifact.trust``).
+        teacher_class: dotted path of the LightningModule class that reads a ``.ckpt`` teacher (``None``: the
+            student's own class). It must be trusted as every class a file names is: in ``trusted`` or
+            registered with ``lightning_micro.trust``.
 
     Raises:
         ValueError: an argument outside its allowed values, a missing teacher file, or a teacher whose outputs
@@ -78,7 +90,7 @@ class KnowledgeDistillation(CompressionTechnique):
     changes_structure = False
 
     def __init__(self, teacher: str | None = None, alpha: float = 0.5, temperature: float = 4.0,
-                 trusted: Iterable[Trusted] = ()) -> None:
+                 trusted: Iterable[Trusted] = (), teacher_class: str | None = None) -> None:
         super().__init__()
         if teacher is not None and (not isinstance(teacher, (str, Path)) or not str(teacher)):
             raise ValueError(f"teacher must be the path of a trained run's artifact, run directory or checkpoint, "
@@ -91,6 +103,10 @@ class KnowledgeDistillation(CompressionTechnique):
             raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
         self.temperature = float(temperature)
         self.trusted = list(trusted)
+        if teacher_class is not None and (not isinstance(teacher_class, str) or not teacher_class):
+            raise ValueError(f"teacher_class must be the dotted path of a LightningModule class, got {teacher_class!r}")
+        self.teacher_class = teacher_class
+        self.student_class: type | None = None  # the student's LightningModule class, known from setup on
         self.net: nn.Module | None = None  # the teacher network (loaded by check_model)
         self.teacher_seconds = 0.0
         self.fit_seconds = 0.0
@@ -102,7 +118,9 @@ class KnowledgeDistillation(CompressionTechnique):
         if self.teacher is None:
             raise ValueError("teacher is not set: give the path of a trained run's artifact, run directory or "
                              "checkpoint (e.g. compression.distill.teacher=logs/runs/<dense run>)")
-        self.net = load_teacher(self.teacher, self.trusted)
+        if self.teacher_class is None and self.student_class is None and _is_checkpoint(self.teacher):
+            return  # read with the student's own class, known in setup
+        self.net = load_teacher(self.teacher, self.trusted, self._module_class())
         if example_input is None:
             return
         with torch.no_grad():
@@ -117,10 +135,19 @@ class KnowledgeDistillation(CompressionTechnique):
             raise ValueError(f"teacher: {self.teacher} gives {list(teacher.shape[1:])} outputs per input, the network "
                              f"{list(student.shape[1:])}: distill from a teacher trained on the same classes")
 
+    def _module_class(self) -> type | None:
+        if self.teacher_class is None:
+            return self.student_class
+        try:
+            return resolve(self.teacher_class, "teacher_class", self.trusted)
+        except UntrustedSpecError as err:
+            raise ValueError(str(err)) from None
+
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self.student_class = type(pl_module)
         if self.net is None:
             self.check_model(self.net_of(pl_module), getattr(pl_module, "example_input_array", None))
         super().setup(trainer, pl_module, stage)

@@ -2,7 +2,7 @@
 for good: a shallower network, which trains on.
 
 The Lightning glue only: finding droppable blocks, the drop rules, skipping and removal live in
-:mod:`lightning_micro.core.depth`.
+:mod:`lightning_micro.core.block_removal`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_count, check_fraction, check_when
+from lightning_micro.callbacks.argument_checks import check_count, check_fraction, check_when
 from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.callbacks.quantization_aware_training import QuantizationAwareTraining
-from lightning_micro.callbacks.structure import change_structure
+from lightning_micro.callbacks.structure_change import change_structure
 from lightning_micro.callbacks.structured_pruning import StructuredPruning
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.contract import example_input
-from lightning_micro.core import depth
+from lightning_micro.core import block_removal
 from lightning_micro.core.schedules import is_run_start
 from lightning_micro.core.selection import check_pattern, name_matches
 
@@ -113,8 +113,8 @@ class LayerDropping(CompressionTechnique):
     ) -> None:
         super().__init__()
         self.p = check_fraction("p", p)
-        if rule not in depth.DROP_RULES:
-            raise ValueError(f"rule must be one of {list(depth.DROP_RULES)}, got {rule!r}")
+        if rule not in block_removal.DROP_RULES:
+            raise ValueError(f"rule must be one of {list(block_removal.DROP_RULES)}, got {rule!r}")
         self.rule = rule
         if rescale is not None and rescale not in RESCALES:
             raise ValueError(f"rescale must be one of {list(RESCALES)} or null, got {rescale!r}")
@@ -145,8 +145,8 @@ class LayerDropping(CompressionTechnique):
             raise ValueError("remove must be a number of blocks (int >= 1), a fraction of the droppable blocks "
                              f"(float in (0, 1]) or a non-empty list of block names, got {remove!r}")
         self.remove = list(remove) if isinstance(remove, Sequence) and not isinstance(remove, str) else remove
-        if removal not in depth.REMOVAL_RULES:
-            raise ValueError(f"removal must be one of {list(depth.REMOVAL_RULES)}, got {removal!r}")
+        if removal not in block_removal.REMOVAL_RULES:
+            raise ValueError(f"removal must be one of {list(block_removal.REMOVAL_RULES)}, got {removal!r}")
         self.removal = removal
         if (removal == "least_important" and not isinstance(self.remove, list) and self.prune_at is not None
                 and is_run_start(self.prune_at)):
@@ -186,16 +186,16 @@ class LayerDropping(CompressionTechnique):
         if example_input is None:
             raise ValueError("LayerDropping runs the network once to check its blocks' shapes and needs an example "
                              "input: set self.example_input_array = torch.zeros(1, ...) in the LightningModule")
-        bypass = depth.shortcut_blocks(net, self.shortcuts, example_input) if self.shortcuts else {}
+        bypass = block_removal.shortcut_blocks(net, self.shortcuts, example_input) if self.shortcuts else {}
         if self.blocks is None:
-            found = depth.droppable_blocks(net, example_input)
-            found = depth.call_order(net, [*found, *(n for n in bypass if n not in found)], example_input)
+            found = block_removal.droppable_blocks(net, example_input)
+            found = block_removal.call_order(net, [*found, *(n for n in bypass if n not in found)], example_input)
             if not found:
                 raise ValueError(f"{type(net).__name__} has no droppable block (a residual block adding its input "
                                  "back, output shaped like its input): name blocks with `blocks` patterns, or "
                                  "declare them with a `droppable = True` attribute on the block module")
         else:
-            found = depth.named_blocks(net, self.blocks, example_input, reshaping=bypass)
+            found = block_removal.named_blocks(net, self.blocks, example_input, reshaping=bypass)
         for pattern in self.exclude:
             if not any(name_matches(n, pattern) for n in found):
                 raise ValueError(f"exclude: pattern {pattern!r} matches no droppable block; droppable: "
@@ -212,7 +212,7 @@ class LayerDropping(CompressionTechnique):
                              f"blocks ({', '.join(blocks)}); allowed: 1 to {len(blocks)}, or a fraction in (0, 1]")
         self.droppable = blocks
         self.bypass = {n: s for n, s in bypass.items() if n in blocks}
-        self.probabilities = depth.drop_probabilities(len(blocks), self.p, self.rule)
+        self.probabilities = block_removal.drop_probabilities(len(blocks), self.p, self.rule)
 
     def remove_count(self, count: int) -> int:
         """How many of ``count`` droppable blocks go at ``prune_at``."""
@@ -286,7 +286,7 @@ class LayerDropping(CompressionTechnique):
             # Under DDP a skipped block still runs (times 0): every parameter is in every step's graph.
             eval_scales = ({n: 1.0 - p for n, p in zip(self.droppable, self.probabilities, strict=True)}
                            if self.scaling == "eval" else None)
-            depth.make_droppable(self.net_of(pl_module), self.droppable, compute_skipped=trainer.world_size > 1,
+            block_removal.make_droppable(self.net_of(pl_module), self.droppable, compute_skipped=trainer.world_size > 1,
                                  shortcuts=self.bypass, eval_scales=eval_scales)
             self._dropping = True
 
@@ -301,7 +301,7 @@ class LayerDropping(CompressionTechnique):
             return
         if self._dropping:
             factors = self.drop_factors(trainer.current_epoch, batch_idx)
-            depth.set_drop_factors(self.net_of(pl_module), factors)
+            block_removal.set_drop_factors(self.net_of(pl_module), factors)
             self.skipped_last = sum(f == 0.0 for f in factors.values())
             pl_module.log("layerdrop/skipped", float(self.skipped_last), on_step=True, on_epoch=False,
                           sync_dist=False, rank_zero_only=True)
@@ -318,7 +318,7 @@ class LayerDropping(CompressionTechnique):
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._dropping:  # the network leaves the fit with its blocks' own forward
-            depth.undo_droppable(self.net_of(pl_module), self.droppable)
+            block_removal.undo_droppable(self.net_of(pl_module), self.droppable)
             self._dropping = False
 
     # --- removal -----------------------------------------------------------------------------------------------
@@ -329,9 +329,9 @@ class LayerDropping(CompressionTechnique):
             return [n for n in self.droppable if n in self.remove]
         count = self.remove_count(len(self.droppable))
         if self.removal == "every_other" or trainer is None:
-            return [self.droppable[i] for i in depth.every_other(len(self.droppable), count)]
+            return [self.droppable[i] for i in block_removal.every_other(len(self.droppable), count)]
         self.losses = {name: self.loss_skipping(trainer, pl_module, [name]) for name in self.droppable}
-        chosen = depth.least_important(self.losses, count)
+        chosen = block_removal.least_important(self.losses, count)
         return list(trainer.strategy.broadcast(chosen, src=0))  # one choice on every rank, whatever its shard
 
     def loss_skipping(self, trainer: L.Trainer, pl_module: L.LightningModule, names: Sequence[str],
@@ -345,7 +345,7 @@ class LayerDropping(CompressionTechnique):
         was_training = net.training
         net.eval()
         try:
-            with torch.no_grad(), depth.skipping(net, names, self.bypass), depth.unscaled(
+            with torch.no_grad(), block_removal.skipping(net, names, self.bypass), block_removal.unscaled(
                     net, self.droppable if as_removed else []):
                 return sum(F.cross_entropy(net(x), y).item() for x, y in self._batches) / max(len(self._batches), 1)
         finally:
@@ -372,7 +372,7 @@ class LayerDropping(CompressionTechnique):
             self.loss_full = self.loss_skipping(trainer, pl_module, [], as_removed=False)  # as it validated
             self.loss_removed = self.loss_skipping(trainer, pl_module, names)
         self._batches = None
-        depth.undo_droppable(self.net_of(pl_module), self.droppable)
+        block_removal.undo_droppable(self.net_of(pl_module), self.droppable)
         self._dropping = False
         self.removed_blocks = names
         shortcuts = {n: self.bypass[n] for n in names if n in self.bypass}

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_micro.callbacks.arguments import check_ratio
+from lightning_micro.callbacks.argument_checks import check_ratio
 from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
 

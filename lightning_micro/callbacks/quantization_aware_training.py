@@ -19,8 +19,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_patterns, check_when, follow_selection, select_layers
-from lightning_micro.callbacks.structure import change_structure
+from lightning_micro.callbacks.argument_checks import check_patterns, check_when, follow_selection, select_layers
+from lightning_micro.callbacks.structure_change import change_structure
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.contract import example_input
 from lightning_micro.core import int8_backend, transforms

@@ -14,9 +14,15 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_count, check_fraction, check_patterns, check_when, check_window
+from lightning_micro.callbacks.argument_checks import (
+    check_count,
+    check_fraction,
+    check_patterns,
+    check_when,
+    check_window,
+)
 from lightning_micro.callbacks.layer_swap import LayerSwap
-from lightning_micro.callbacks.structure import change_structure
+from lightning_micro.callbacks.structure_change import change_structure
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.contract import example_input
 from lightning_micro.core import channels

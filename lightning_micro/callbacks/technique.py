@@ -12,7 +12,7 @@ The lifecycle of a technique, in the order Lightning runs it:
   structure.change_structure`, which tells every technique of the run (:meth:`on_structure_change`) so that
   each re-resolves its selection by layer name on the new network.
 - ``finalize(pl_module)``: the deployable form (integer kernels, codes); ``report_fields(net)`` and
-  ``export_codecs(net)`` feed the report and the artifact (:func:`lightning_micro.export.export_compressed`).
+  ``export_codecs(net)`` feed the report and the artifact (:func:`lightning_micro.artifact.format.export_compressed`).
 """
 
 from __future__ import annotations
@@ -27,34 +27,18 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.contract import TRANSFORMS_KEY, Compressible, compressed_net, require_contract
+from lightning_micro.contract import (
+    TECHNIQUES_KEY,
+    TRANSFORMS_KEY,
+    Compressible,
+    check_same_techniques,
+    compressed_net,
+    require_contract,
+    technique_list,
+)
 from lightning_micro.core.schedules import STEP_PREFIX, step_of
 
 When = int | float | str
-
-TECHNIQUES_KEY = "lightning_micro/techniques"  # the run's compression list, by technique, in checkpoints
-
-
-def technique_list(callbacks: list[Any]) -> list[str]:
-    """The compression techniques among ``callbacks``, by name, in order."""
-    return [c.technique for c in callbacks if isinstance(c, CompressionTechnique)]
-
-
-def check_same_techniques(checkpoint: Mapping[str, Any], callbacks: list[Any]) -> None:
-    """Refuse to resume a checkpoint into a run whose compression list differs from the one that wrote it: the
-    state of a technique that is dropped (masks, observer ranges) would be lost, one that is added would start
-    from a network it did not see. Checkpoints written before the list was recorded are not checked.
-
-    Raises:
-        ValueError: naming both lists.
-    """
-    saved = checkpoint.get(TECHNIQUES_KEY)
-    current = technique_list(callbacks)
-    if saved is not None and list(saved) != current:
-        raise ValueError(f"the checkpoint was written by a run compressing with {list(saved)}, but this run has "
-                         f"{current}; resuming would lose or invent compression state (masks, observer ranges, "
-                         "swapped layers). Resume with the same compression list, or start a new run")
-
 
 class CompressionTechnique(Callback):
     """Base class of the compression callbacks.

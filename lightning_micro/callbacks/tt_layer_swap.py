@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.arguments import check_ratio
+from lightning_micro.callbacks.argument_checks import check_ratio
 from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.core import tensor_train as tt
 from lightning_micro.core.selection import check_pattern, name_matches

@@ -144,7 +144,7 @@ class LowBitTTLinear(TTLinear):
     ``core{k}_zero_point`` (int8) as :func:`quantize_core` gives them, and ``bias``. The float cores are buffers
     ``core{k}`` outside the state dict, decoded here and again whenever the codes are loaded; the forward is
     ``TTLinear``'s own on them (same plans, same cached matrix), so the layer costs what the float one costs.
-    ``decoded_weights`` names those buffers, for :func:`lightning_micro.report.weight_tensors`.
+    ``decoded_weights`` names those buffers, for :func:`lightning_micro.report.measure.weight_tensors`.
 
     Args:
         layer: the layer to deploy: a ``TTLinear``, a :class:`FakeQuantTTLinear` (its latent cores are encoded)

@@ -25,8 +25,8 @@ from typing import Any
 from torch import nn
 
 from lightning_micro.core import int8_backend
+from lightning_micro.core.block_removal import remove_blocks
 from lightning_micro.core.channels import remove_channels, tensor_slices
-from lightning_micro.core.depth import remove_blocks
 from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
 from lightning_micro.core.quantized_tt import to_low_bit_tt  # also registers TTLinear in FAKE_QUANT_TYPES
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WeightQuantSpec, to_low_bit
@@ -117,7 +117,7 @@ def _channel_prune(net: nn.Module, layers: Mapping[str, Mapping[str, Sequence[in
 
 def _layer_drop(net: nn.Module, blocks: Sequence[str], shortcuts: Mapping[str, str] | None = None) -> nn.Module:
     # blocks: names of residual blocks replaced by nn.Identity, or by their shortcut submodule for those in
-    # shortcuts (lightning_micro.core.depth)
+    # shortcuts (lightning_micro.core.block_removal)
     return remove_blocks(net, blocks, shortcuts)
 
 

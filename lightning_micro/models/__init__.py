@@ -1,12 +1,12 @@
-"""The model zoo (plain ``nn.Module`` networks) and the LightningModule that trains them.
+"""The model zoo: plain ``nn.Module`` networks that know nothing of compression or Lightning.
 
-Chosen with ``model=<name>``: lenet300, lenet5, mobilenet, mobilenetv2, resnet20.
+Chosen with ``model=<name>``: lenet300, lenet5, mobilenet, mobilenetv2, resnet20. Artifacts and checkpoints may
+name every class listed in ``__all__`` (the artifact layer trusts them, :mod:`lightning_micro.artifact.trust`).
 """
 
-from lightning_micro.models.classifier import ClassifierModule
 from lightning_micro.models.lenet import LeNet5, LeNet300
 from lightning_micro.models.mobilenet import MobileNet
 from lightning_micro.models.mobilenet_v2 import MobileNetV2
 from lightning_micro.models.resnet import ResNet20
 
-__all__ = ["ClassifierModule", "LeNet300", "LeNet5", "MobileNet", "MobileNetV2", "ResNet20"]
+__all__ = ["LeNet300", "LeNet5", "MobileNet", "MobileNetV2", "ResNet20"]

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_micro.loading import trusted
-
 
 def _grey_image_shape(model: str, input_shape: Sequence[int]) -> tuple[int, int, int]:
     shape = tuple(int(v) for v in input_shape)
@@ -23,7 +21,6 @@ def _grey_image_shape(model: str, input_shape: Sequence[int]) -> tuple[int, int,
     return shape  # type: ignore[return-value]
 
 
-@trusted  # artifacts and checkpoints may name it (lightning_micro.loading)
 class LeNet300(nn.Module):
     """LeNet-300-100: a fully connected 784-300-100-10 network (for 28x28 input; other sizes scale fc1).
 
@@ -56,7 +53,6 @@ class LeNet300(nn.Module):
         return self.fc3(x)
 
 
-@trusted  # artifacts and checkpoints may name it (lightning_micro.loading)
 class LeNet5(nn.Module):
     """LeNet-5 as in Caffe's MNIST example: conv(20, 5x5) - maxpool - conv(50, 5x5) - maxpool - fc 800-500-10.
 

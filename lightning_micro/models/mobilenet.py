@@ -7,8 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_micro.loading import trusted
-
 # (output channels at width 1.0, stride) of each depthwise-separable block.
 DEFAULT_BLOCKS: tuple[tuple[int, int], ...] = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2))
 
@@ -39,7 +37,6 @@ class DepthwiseSeparable(nn.Sequential):
         )
 
 
-@trusted  # artifacts and checkpoints may name it (lightning_micro.loading)
 class MobileNet(nn.Module):
     """Stem convolution, depthwise-separable blocks, global average pooling, one linear classifier.
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_micro.loading import trusted
 from lightning_micro.models.mobilenet import ConvBNReLU, _scaled
 
 # (expansion t, output channels c at width 1.0, repeats n, stride s of the first repeat) per stage; the paper's
@@ -37,7 +36,6 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
-@trusted  # artifacts and checkpoints may name it (lightning_micro.loading)
 class MobileNetV2(nn.Module):
     """Stem convolution, stages of inverted residual blocks, a 1x1 convolution, global pooling, a linear classifier.
 

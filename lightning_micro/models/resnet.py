@@ -7,8 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_micro.loading import trusted
-
 
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with BatchNorm and a residual connection.
@@ -36,7 +34,6 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-@trusted  # artifacts and checkpoints may name it (lightning_micro.loading)
 class ResNet20(nn.Module):
     """CIFAR-style ResNet with ``6n + 2`` layers; ``blocks_per_stage=3`` is ResNet-20.
 

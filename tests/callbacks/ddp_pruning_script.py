@@ -11,7 +11,7 @@ import torch
 
 from lightning_micro.callbacks import GradualMagnitudePruning
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.models import ClassifierModule
+from lightning_micro.run.classifier import ClassifierModule
 
 
 class SaveMasksPerRank(L.Callback):

@@ -21,7 +21,7 @@ from lightning_micro.callbacks import (
     TTLayerSwap,
 )
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.models import ClassifierModule
+from lightning_micro.run.classifier import ClassifierModule
 
 
 class SaveWeightsPerRank(L.Callback):

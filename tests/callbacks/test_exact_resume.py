@@ -16,9 +16,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_micro.callbacks import InterruptionCheckpoint
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.errors import RunInterrupted
-from lightning_micro.models import ClassifierModule
-from lightning_micro.run import train
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.failures import RunInterrupted
+from lightning_micro.run.training import train
 from tests.conftest import FAST, compose_cfg
 
 EPOCH = 6  # training batches per epoch; 3 epochs: 18 steps

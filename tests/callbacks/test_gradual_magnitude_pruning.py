@@ -12,12 +12,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_micro.artifact.format import load_compressed, read_metadata
 from lightning_micro.callbacks import GradualMagnitudePruning
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.export import load_compressed, read_metadata
-from lightning_micro.instantiate import ConfigError
-from lightning_micro.models import ClassifierModule
-from lightning_micro.run import train
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import ConfigError
+from lightning_micro.run.training import train
 from tests.conftest import FAST, ROOT, compose_cfg
 
 NET = {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]}
@@ -161,7 +161,7 @@ def test_run_exports_sparse_artifact_that_reloads_in_a_fresh_process(tmp_path):
     code = (
         "import torch\n"
         "from lightning_micro.data import DigitsDataModule\n"
-        "from lightning_micro.export import load_compressed\n"
+        "from lightning_micro.artifact.format import load_compressed\n"
         f"net = load_compressed({str(tmp_path / 'model.safetensors')!r})\n"
         "dm = DigitsDataModule(); dm.setup('test')\n"
         "x, y = dm.test_set.tensors\n"

@@ -18,12 +18,12 @@ from lightning_micro.callbacks import (
     StructuredPruning,
     TTLayerSwap,
 )
+from lightning_micro.contract import export_compressed
 from lightning_micro.core.distillation import distillation_term, soft_kl
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.export import export_compressed
-from lightning_micro.instantiate import ConfigError
-from lightning_micro.models import ClassifierModule
-from lightning_micro.run import train
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import ConfigError
+from lightning_micro.run.training import train
 from tests.conftest import FAST, compose_cfg
 
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9}
@@ -163,7 +163,7 @@ OTHERS = {
 
 @pytest.mark.parametrize("other", list(OTHERS))
 def test_distillation_composes_with_each_technique(other, teacher, tmp_path):
-    from lightning_micro.export import load_compressed
+    from lightning_micro.artifact.format import load_compressed
 
     distillation = KnowledgeDistillation(teacher=str(teacher), alpha=0.5, temperature=4.0)
     module = ClassifierModule(RESNET, SGD, input_shape=[1, 8, 8])

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
+from lightning_micro.artifact.format import load_compressed, read_metadata
 from lightning_micro.callbacks import (
     GradualMagnitudePruning,
     LayerDropping,
@@ -23,12 +24,12 @@ from lightning_micro.callbacks import (
     StructuredPruning,
     TTLayerSwap,
 )
-from lightning_micro.core import depth
+from lightning_micro.contract import export_compressed
+from lightning_micro.core import block_removal
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.export import export_compressed, load_compressed, read_metadata
-from lightning_micro.instantiate import ConfigError
-from lightning_micro.models import ClassifierModule
-from lightning_micro.run import train
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import ConfigError
+from lightning_micro.run.training import train
 from tests.callbacks.ddp_transform_script import run_on_two_ranks
 from tests.conftest import FAST, compose_cfg
 from tests.user_model import ResidualStackClassifier
@@ -144,7 +145,7 @@ class OutputAt(L.Callback):
         net.eval()
         # the other blocks without their eval scaling: as the network runs once blocks are removed
         droppable = [n for n, m in net.named_modules() if "_layerdrop_eval_scale" in m.__dict__]
-        with torch.no_grad(), depth.skipping(net, self.skipped, self.shortcuts), depth.unscaled(net, droppable):
+        with torch.no_grad(), block_removal.skipping(net, self.skipped, self.shortcuts), block_removal.unscaled(net, droppable):
             self.output = net(self.x)
         net.train()
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_micro.artifact.format import load_compressed, read_metadata
 from lightning_micro.callbacks import LowRankDecomposition
 from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
-from lightning_micro.export import load_compressed, read_metadata
-from lightning_micro.instantiate import ConfigError
-from lightning_micro.run import train
+from lightning_micro.run.instantiate import ConfigError
+from lightning_micro.run.training import train
 from tests.callbacks.ddp_transform_script import run_on_two_ranks
 from tests.callbacks.test_quantization_aware_training import _fresh_process_accuracy
 from tests.callbacks.test_tt_layer_swap import RecordAroundSwap, fit

@@ -13,13 +13,13 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_micro.artifact.format import load_compressed, read_metadata, save_compressed
 from lightning_micro.callbacks import GradualMagnitudePruning, QuantizationAwareTraining
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.export import load_compressed, read_metadata, save_compressed
-from lightning_micro.instantiate import ConfigError
-from lightning_micro.models import ClassifierModule
-from lightning_micro.report import weight_tensors
-from lightning_micro.run import train
+from lightning_micro.report.measure import weight_tensors
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import ConfigError
+from lightning_micro.run.training import train
 from tests.callbacks.ddp_transform_script import run_on_two_ranks
 from tests.callbacks.test_gradual_magnitude_pruning import StopAfterEpoch, trainer_for
 from tests.conftest import FAST, ROOT, compose_cfg
@@ -31,7 +31,7 @@ COSINE = {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "_partial_":
 FRESH_PROCESS_ACCURACY = (
     "import sys, torch\n"
     "from lightning_micro.data import DigitsDataModule\n"
-    "from lightning_micro.export import load_compressed\n"
+    "from lightning_micro.artifact.format import load_compressed\n"
     "net = load_compressed(sys.argv[1])\n"
     "dm = DigitsDataModule(); dm.setup('test')\n"
     "x, y = dm.test_set.tensors\n"

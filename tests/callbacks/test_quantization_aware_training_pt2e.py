@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from lightning_micro import export_compressed
+from lightning_micro.artifact.format import load_compressed, read_metadata
 from lightning_micro.callbacks import GradualMagnitudePruning, QuantizationAwareTraining
 from lightning_micro.core import int8_pt2e
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.export import load_compressed, read_metadata
-from lightning_micro.instantiate import ConfigError
-from lightning_micro.models import ClassifierModule
-from lightning_micro.run import train
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import ConfigError
+from lightning_micro.run.training import train
 from tests.callbacks.test_gradual_magnitude_pruning import trainer_for
 from tests.callbacks.test_quantization_aware_training import COSINE, NET, SGD, _fresh_process_accuracy
 from tests.conftest import FAST, compose_cfg

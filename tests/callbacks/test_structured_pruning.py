@@ -11,12 +11,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
+from lightning_micro.artifact.format import load_compressed
 from lightning_micro.callbacks import StructuredPruning
+from lightning_micro.contract import export_compressed
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.export import export_compressed, load_compressed
-from lightning_micro.instantiate import ConfigError
-from lightning_micro.models import ClassifierModule
-from lightning_micro.run import train
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import ConfigError
+from lightning_micro.run.training import train
 from tests.callbacks.ddp_transform_script import run_on_two_ranks
 from tests.conftest import FAST, compose_cfg
 

@@ -7,11 +7,11 @@ import lightning as L
 import pytest
 
 from lightning_micro.callbacks import GradualMagnitudePruning, TTLayerSwap
-from lightning_micro.callbacks.arguments import check_when
+from lightning_micro.callbacks.argument_checks import check_when
 from lightning_micro.core.schedules import step_of
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.models import ClassifierModule
+from lightning_micro.run.classifier import ClassifierModule
 from tests.callbacks.test_composition import NET, SGD
 
 

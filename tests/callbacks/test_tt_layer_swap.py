@@ -11,13 +11,13 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_micro.artifact.format import load_compressed, read_metadata
 from lightning_micro.callbacks import TTLayerSwap
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
-from lightning_micro.export import load_compressed, read_metadata
-from lightning_micro.instantiate import ConfigError
-from lightning_micro.models import ClassifierModule
-from lightning_micro.run import train
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import ConfigError
+from lightning_micro.run.training import train
 from tests.callbacks.ddp_transform_script import run_on_two_ranks
 from tests.callbacks.test_gradual_magnitude_pruning import StopAfterEpoch, trainer_for
 from tests.callbacks.test_quantization_aware_training import COSINE, NET, SGD, _fresh_process_accuracy

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_micro import report
 from lightning_micro.core import transforms
 from lightning_micro.core.quantized_tt import FakeQuantTTLinear, LowBitTTLinear, quantize_core, to_low_bit_tt
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WeightQuantSpec, dequantize, quantize_codes
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.models import LeNet300
+from lightning_micro.report import measure as report
 
 SPECS = [WeightQuantSpec(1), WeightQuantSpec(2, per_channel=False), WeightQuantSpec(4, symmetric=False),
          WeightQuantSpec(8)]

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_micro.instantiate import ConfigError
-from lightning_micro.models import ClassifierModule
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import ConfigError
 
 NET = {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8], "num_classes": 10}
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}

@@ -1,5 +1,5 @@
 """What a run checks before it builds anything: plain config values, the checkpoint it resumes, the command line's
-config-group choices. Each failure is one :class:`~lightning_micro.instantiate.ConfigError` naming the key, the
+config-group choices. Each failure is one :class:`~lightning_micro.run.instantiate.ConfigError` naming the key, the
 value and what is allowed; objects built from the config check their own arguments when they are built.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from lightning_micro.instantiate import ConfigError
+from lightning_micro.run.instantiate import ConfigError
 
 UNTRAINED = ("is 0, so the run would train nothing and export an untrained network; give it a positive value, "
              "or set report.allow_untrained=true to export one anyway")

@@ -24,7 +24,9 @@ from torch import nn
 
 from lightning_micro.core.masks import layerwise_magnitude_masks
 from lightning_micro.core.quantizers import WeightQuantSpec, fake_quantize
-from lightning_micro.wandb_upload import add_wandb_arguments, upload
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.instantiate import instantiate
+from lightning_micro.tools.wandb_upload import add_wandb_arguments, upload
 
 PRUNE_LEVELS = (0.5, 0.7, 0.8, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 QUANT_LEVELS = (8, 6, 4, 3, 2)
@@ -134,9 +136,6 @@ def load_run(run_dir: Path, batches: int | None) -> tuple[nn.Module, list[tuple[
         ValueError: not a run directory with a saved config and a checkpoint.
     """
     from omegaconf import OmegaConf
-
-    from lightning_micro.instantiate import instantiate
-    from lightning_micro.models import ClassifierModule
 
     config, checkpoint = run_dir / ".hydra" / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
     if not config.is_file() or not checkpoint.is_file():

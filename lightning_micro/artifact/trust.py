@@ -6,7 +6,7 @@ write, so loading one resolves that name only to a callable that is *trusted*, a
 arguments only. Nothing is imported because a file names it, no nested ``_target_`` is built, no string is
 evaluated, and no OmegaConf interpolation is resolved. Trusted are:
 
-- the networks of the zoo (registered next to their definitions with :func:`trusted`),
+- the networks of the zoo (the classes :mod:`lightning_micro.models` lists in ``__all__``),
 - optimizers and LR schedulers of ``torch.optim`` (checkpoints of ``ClassifierModule`` name them),
 - what the caller names when loading (``load_compressed(path, trusted=[MyNet])``) or registers for the
   process (``lightning_micro.trust(MyNet)``): a class or function object, a dotted class path, or a dotted
@@ -28,11 +28,13 @@ from typing import Any
 
 import torch
 
+from lightning_micro import models as zoo
+
 Trusted = type | Callable[..., Any] | str
 
-# Objects trusted in every load of this process: the zoo (registered where each network is defined) and what
-# the user registers with `trust`. Module names: every class and function defined in them.
-_TRUSTED_OBJECTS: set[Any] = set()
+# Objects trusted in every load of this process: the zoo and what the user registers with `trust`.
+# Module names: every class and function defined in them.
+_TRUSTED_OBJECTS: set[Any] = {getattr(zoo, name) for name in zoo.__all__}
 _TRUSTED_MODULES: set[str] = set()
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
@@ -104,7 +106,6 @@ def resolve(target: Any, key: str, trusted: Iterable[Trusted] = ()) -> Callable[
     """
     if not isinstance(target, str):
         raise UntrustedSpecError(f"{key}._target_ must be a dotted class path, got {type(target).__name__}")
-    importlib.import_module("lightning_micro.models")  # the zoo registers itself where it is defined
     objects, modules = set(_TRUSTED_OBJECTS), set(_TRUSTED_MODULES)
     for item in trusted:
         if isinstance(item, str):

@@ -1,8 +1,8 @@
 """ONNX export of an artifact, and the network run by ONNX Runtime.
 
 The artifact (``model.safetensors``) stays the source of truth; the ONNX file is derived from it, so any artifact
-can be converted later: :func:`export_onnx` rebuilds the network with :func:`~lightning_micro.export.load_compressed`
-(no code from the file runs) and traces what it computes:
+can be converted later: :func:`export_onnx` rebuilds the network with
+:func:`~lightning_micro.artifact.format.load_compressed` (no code from the file runs) and traces what it computes:
 
 - float networks (dense, pruned weights with their zeros, low-rank and TT layers as the contractions their
   forwards run, low-bit weights decoded to the float values the layer multiplies by, PT2E int8 networks as
@@ -24,12 +24,10 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,8 +35,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_micro.export import ARTIFACT_NAME, ArtifactError, load_compressed, read_metadata
-from lightning_micro.loading import Trusted, UntrustedSpecError
+from lightning_micro.artifact.format import ARTIFACT_NAME, ArtifactError, load_compressed, read_metadata
+from lightning_micro.artifact.trust import Trusted, UntrustedSpecError
+from lightning_micro.core import int8_pt2e
 
 FORMATS = ("onnx",)
 OPSET = 18
@@ -71,8 +70,6 @@ def uses_packed_int8(net: nn.Module) -> bool:
 
 def is_pt2e(net: nn.Module) -> bool:
     """Whether ``net`` is a PT2E int8 network (the ``pt2e`` backend of QAT)."""
-    from lightning_micro.core import int8_pt2e
-
     return isinstance(net, int8_pt2e.ExportedNet)
 
 
@@ -125,8 +122,6 @@ def for_export(net: nn.Module) -> nn.Module:
     """The form of ``net`` the exporter translates: a PT2E int8 network with its activations' scales and zero points
     as literals in the graph (the artifact keeps them as buffers; ``torch.onnx`` turns literal ones into
     QuantizeLinear/DequantizeLinear attributes)."""
-    from lightning_micro.core import int8_pt2e
-
     return int8_pt2e.with_literal_qparams(net) if is_pt2e(net) else net
 
 
@@ -205,7 +200,8 @@ def export_onnx(
         out: the ONNX file to create (default: beside the artifact, ``model.onnx``); never overwritten.
         fmt: the output format; ``onnx`` is the one there is.
         input_shape: ``[C, H, W]`` of one image (default: the ``input_shape`` the artifact's spec records).
-        trusted: classes the artifact may name beyond the zoo (see :func:`~lightning_micro.export.load_compressed`).
+        trusted: classes the artifact may name beyond the zoo (see
+            :func:`~lightning_micro.artifact.format.load_compressed`).
         opset: the ONNX opset to write.
 
     Raises:
@@ -287,38 +283,3 @@ def compare_outputs(net: nn.Module, onnx_net: nn.Module, batches: Iterable[torch
             same += int((a.argmax(1) == b.argmax(1)).sum())
             count += x.shape[0]
     return {"max_abs_diff": worst, "argmax_agreement": same / max(count, 1), "count": count}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``lightning-micro-export <run dir or artifact> --format onnx``."""
-    parser = argparse.ArgumentParser(
-        prog="lightning-micro-export",
-        description="Write the ONNX model of a run's artifact (or of an artifact file); run it with ONNX Runtime.")
-    parser.add_argument("source", help="a finished run's directory (logs/runs/<time>) or a model.safetensors file")
-    parser.add_argument("--format", default="onnx", help=f"output format: {' | '.join(FORMATS)} (default: onnx)")
-    parser.add_argument("--output", "-o", help="the file to write (default: model.onnx beside the artifact)")
-    parser.add_argument("--input-shape", help="C,H,W of one image (default: the artifact's recorded input_shape)")
-    parser.add_argument("--trust", action="append", default=[],
-                        help="a class path or module the artifact may name beyond the zoo (repeatable)")
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
-    args = parser.parse_args(argv)
-    try:
-        shape = None
-        if args.input_shape:
-            try:
-                shape = [int(v) for v in args.input_shape.split(",")]
-            except ValueError:
-                raise OnnxExportError(f"--input-shape must be C,H,W integers, got {args.input_shape!r}") from None
-        path = export_onnx(args.source, args.output, fmt=args.format, input_shape=shape, trusted=args.trust,
-                           opset=args.opset)
-    except (OnnxExportError, FileExistsError) as err:
-        print(f"lightning-micro-export: {err}", file=sys.stderr)
-        return 2
-    kernels = integer_kernels(path)
-    note = f"; ONNX Runtime runs it with integer kernels ({', '.join(kernels)})" if kernels else ""
-    print(f"Wrote {path} ({path.stat().st_size:,} bytes, dynamic batch){note}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

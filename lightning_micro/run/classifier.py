@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_micro.artifact.trust import build, file_trust
 from lightning_micro.contract import TRANSFORMS_KEY, CompressionMixin
-from lightning_micro.instantiate import ConfigError, described, instantiate, to_plain
-from lightning_micro.loading import build, file_trust
+from lightning_micro.run.instantiate import ConfigError, described, instantiate, to_plain
 
 __all__ = ["TRANSFORMS_KEY", "ClassifierModule"]
 

@@ -9,7 +9,7 @@ torch.ao keep them) and ``checksum`` (SHA-256 of all the rest and of every store
 same network gives the same bytes.
 
 No pickled code, and loading runs none: ``net`` is resolved only to a trusted class (the zoo, or what the caller
-names; :mod:`lightning_micro.loading`), called with plain arguments; the transforms are looked up in a registry.
+names; :mod:`lightning_micro.artifact.trust`), called with plain arguments; the transforms are looked up in a registry.
 
 Codecs are the extension point for compressed storage. A codec turns one state-dict tensor into one or more
 stored tensors and back. ``dense`` stores the tensor as it is, ``bitmask`` stores a sparse tensor as one bit
@@ -41,11 +41,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from lightning_micro.artifact.trust import Trusted, UntrustedSpecError, build
 from lightning_micro.core import transforms
 from lightning_micro.core.code_format import decode_codes, encode_codes
 from lightning_micro.core.int8_backend import quantized_tensor_from_parts, quantized_tensor_parts
 from lightning_micro.core.sparse_format import bitmask_decode, bitmask_encode
-from lightning_micro.loading import Trusted, UntrustedSpecError, build
 
 FORMAT = "lightning_micro.artifact/4"
 # /3: no checksum, /2: no submodule either. Older formats load without the check (they were written before it).
@@ -251,7 +251,7 @@ def load_compressed(path: str | os.PathLike, trusted: Iterable[Trusted] = ()) ->
     LightningModule rebuilds that module from its class path and saved init arguments and returns the network
     inside it (``submodule``).
 
-    Loading never runs code from the file (:mod:`lightning_micro.loading`): the spec may name only a trusted
+    Loading never runs code from the file (:mod:`lightning_micro.artifact.trust`): the spec may name only a trusted
     class (the zoo, or what ``trusted`` names: classes, factories, class paths or module names) with plain
     arguments, and the file must match its checksum.
 
@@ -280,46 +280,3 @@ def load_compressed(path: str | os.PathLike, trusted: Iterable[Trusted] = ()) ->
     net = transforms.replay(net, meta["transforms"])
     net.load_state_dict(_unflatten_state(state, meta["values"]), strict=True)
     return net.eval()
-
-
-def export_compressed(trainer: Any, path: str | os.PathLike, pl_module: Any = None) -> int:
-    """Write the compressed network of a finished fit as an artifact and return its size in bytes: the one call
-    after ``trainer.fit`` for any LightningModule with the compression contract.
-
-    Every compression technique of the trainer is finalized (int8 conversion, integer codes), their codecs are
-    gathered (for the keys the network has), and the network is saved with its record of transforms and the spec
-    that rebuilds it (:meth:`~lightning_micro.contract.CompressionMixin.compressed_net_spec`: the module's class
-    path and saved init arguments, or a factory it names). :func:`load_compressed` rebuilds it in a fresh process.
-
-    Args:
-        trainer: the ``lightning.Trainer`` that ran the fit (its callbacks are the techniques).
-        path: the file to create; an existing file is never overwritten.
-        pl_module: the LightningModule (default: ``trainer.lightning_module``).
-
-    Raises:
-        FileExistsError: ``path`` exists.
-        ValueError: the module's class cannot be imported by another process (defined in ``__main__``), or its
-            init arguments were not saved.
-        TypeError: the module does not adopt the compression contract.
-
-    Example:
-        >>> trainer.fit(module, datamodule)  # doctest: +SKIP
-        >>> export_compressed(trainer, "model.safetensors")  # doctest: +SKIP
-        >>> net = load_compressed("model.safetensors")  # doctest: +SKIP
-    """
-    from lightning_micro.callbacks.technique import CompressionTechnique
-    from lightning_micro.contract import require_contract
-
-    module = require_contract(pl_module if pl_module is not None else trainer.lightning_module, "export_compressed")
-    if Path(path).exists():
-        raise FileExistsError(f"refusing to overwrite the existing artifact {path}")
-    spec, submodule = module.compressed_net_spec()  # refuses __main__ classes before anything is converted
-    techniques = [c for c in trainer.callbacks if isinstance(c, CompressionTechnique)]
-    for technique in techniques:
-        technique.finalize(module)
-    net = module.compressed_net
-    state_keys = set(net.state_dict())
-    codecs: dict[str, str] = {}
-    for technique in techniques:  # later techniques win for a key two of them name
-        codecs.update({k: v for k, v in technique.export_codecs(net).items() if k in state_keys})
-    return save_compressed(net, spec, path, codecs, module.transforms, submodule=submodule)

@@ -189,7 +189,7 @@ def build_report(
 ) -> dict[str, ReportValue]:
     """All measured fields for ``net`` (the compressed network, as reloaded from ``artifact_path``) against
     ``dense_net`` (the same architecture, uncompressed; its fp32 export at ``dense_path``). With ``onnx_net`` (the
-    artifact's ONNX model in ONNX Runtime, :class:`lightning_micro.onnx_export.OnnxRuntimeNet`), its file's bytes
+    artifact's ONNX model in ONNX Runtime, :class:`lightning_micro.artifact.onnx.OnnxRuntimeNet`), its file's bytes
     (``size/onnx_bytes``) and its latency, timed in the same rounds (``latency/onnx_ms_b*``, and
     ``latency/onnx_vs_artifact_b*``: the PyTorch artifact's time over ONNX Runtime's)."""
     report: dict[str, ReportValue] = {k: float(v) for k, v in (metrics or {}).items()}

@@ -17,35 +17,20 @@ import os
 import sys
 from collections.abc import Iterator
 
+from lightning_micro.artifact.format import ArtifactError
+from lightning_micro.artifact.trust import UntrustedSpecError
+from lightning_micro.callbacks.run_stopped import RunInterrupted, RunStopped, TrainingDiverged
+from lightning_micro.data.torchvision_sets import DatasetError
+from lightning_micro.run.instantiate import ConfigError
+
+__all__ = ["EXIT_INPUT_ERROR", "INPUT_ERRORS", "RunInterrupted", "RunStopped", "TrainingDiverged", "held_logs",
+           "reported"]
+
 EXIT_INPUT_ERROR = 2
 
 
-class RunStopped(Exception):
-    """A run that ended early for a reason the user must see; ``exit_code`` is the process's status."""
-
-    exit_code = 1
-
-
-class TrainingDiverged(RunStopped):
-    """The loss or the weights became NaN or infinite; nothing was exported."""
-
-
-class RunInterrupted(RunStopped):
-    """SIGTERM or Ctrl-C stopped training; the message says which checkpoint continues it."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def input_errors() -> tuple[type[BaseException], ...]:
-    """The error types that mean "this input cannot work": a config value, a dataset file, an artifact, a spec."""
-    from lightning_micro.data.torchvision_sets import DatasetError
-    from lightning_micro.export import ArtifactError
-    from lightning_micro.instantiate import ConfigError
-    from lightning_micro.loading import UntrustedSpecError
-
-    return ConfigError, DatasetError, ArtifactError, UntrustedSpecError
+# The error types that mean "this input cannot work": a config value, a dataset file, an artifact, a spec.
+INPUT_ERRORS = (ConfigError, DatasetError, ArtifactError, UntrustedSpecError)
 
 
 @contextlib.contextmanager
@@ -55,7 +40,7 @@ def reported() -> Iterator[None]:
         yield
     except RunStopped as err:
         _exit(err, err.exit_code)
-    except input_errors() as err:
+    except INPUT_ERRORS as err:
         _exit(err, EXIT_INPUT_ERROR)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from lightning_micro.wandb_upload import add_wandb_arguments, upload
+from lightning_micro.tools.wandb_upload import add_wandb_arguments, upload
 
 REPORT = "compression_report.json"
 MIN_SPAN_PP = 0.5  # the accuracy axis spans at least this many points, so that run-to-run noise does not fill it

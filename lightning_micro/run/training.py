@@ -1,7 +1,7 @@
 """One training run, from a composed config to a trained, tested, exported and measured network.
 
 :func:`train` is what ``train.py`` calls; tests call it with a config from Hydra's ``compose()``.
-All config nodes become objects through :mod:`lightning_micro.instantiate`.
+All config nodes become objects through :mod:`lightning_micro.run.instantiate`.
 """
 
 from __future__ import annotations
@@ -20,18 +20,20 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig
 
-from lightning_micro import report as reporting
+from lightning_micro.artifact.format import ARTIFACT_NAME, load_compressed, save_compressed
+from lightning_micro.artifact.onnx import ONNX_NAME, OnnxRuntimeNet, compare_outputs, write_onnx
 from lightning_micro.callbacks.interruption import InterruptionCheckpoint
 from lightning_micro.callbacks.technique import CompressionTechnique, check_same_techniques
-from lightning_micro.errors import RunInterrupted, held_logs
-from lightning_micro.export import ARTIFACT_NAME, export_compressed, load_compressed, save_compressed
-from lightning_micro.instantiate import ConfigError, instantiate, instantiate_each, to_plain
-from lightning_micro.models import ClassifierModule
-from lightning_micro.onnx_export import ONNX_NAME, OnnxRuntimeNet, compare_outputs, write_onnx
-from lightning_micro.preflight import check_run_config, read_checkpoint
+from lightning_micro.contract import export_compressed
+from lightning_micro.report import measure as reporting
+from lightning_micro.report.pictures import layer_picture
+from lightning_micro.run.classifier import ClassifierModule
+from lightning_micro.run.failures import RunInterrupted, held_logs
+from lightning_micro.run.instantiate import ConfigError, instantiate, instantiate_each, to_plain
+from lightning_micro.run.preflight import check_run_config, read_checkpoint
 
 REPORT_NAME = "compression_report.json"
-LAYERS_PICTURE = "layers.png"  # the per-layer picture of a compressed run (lightning_micro.pictures)
+LAYERS_PICTURE = "layers.png"  # the per-layer picture of a compressed run (lightning_micro.report.pictures)
 # What a finished (or started) run leaves in its directory; finding any of these means the directory is taken.
 RUN_OUTPUTS = (REPORT_NAME, ARTIFACT_NAME, "checkpoints", "wandb", "csv")
 
@@ -70,8 +72,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule = instantiate(cfg.data, "data")
         module = instantiate(cfg.model, "model")
         if not isinstance(module, ClassifierModule) or module.net_spec is None:
-            raise ConfigError("model", "must build a lightning_micro.models.ClassifierModule whose net is a config "
-                                       "node")
+            raise ConfigError("model", "must build a lightning_micro.run.classifier.ClassifierModule whose net is "
+                                       "a config node")
         if rank_zero_only.rank == 0:
             datamodule.prepare_data()  # a missing or damaged dataset fails here, before loggers start
         techniques = build_techniques(cfg.get("compression"), module)
@@ -213,8 +215,6 @@ def write_run_report(
                        "budget/val_acc": report["val/acc"] if within else report["val/acc"] - 1.0})
     reporting.write_report(report, output_dir / REPORT_NAME)
     if any(isinstance(c, CompressionTechnique) for c in trainer.callbacks):
-        from lightning_micro.pictures import layer_picture
-
         name = str((module.net_spec or {}).get("_target_", type(module.net).__name__)).rsplit(".", 1)[-1]
         layer_picture(report, output_dir / LAYERS_PICTURE, title=f"{name}: per-layer compression")
     from rich.console import Console

@@ -10,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_micro.errors import EXIT_INPUT_ERROR
+from lightning_micro.run.failures import EXIT_INPUT_ERROR
 
 
 def _refuse_if_taken(directory: Any, key: str) -> None:
@@ -39,7 +39,7 @@ class RefuseExistingRunDir(Callback):
         _refuse_if_taken(OmegaConf.select(config, "hydra.sweep.dir"), "hydra.sweep.dir")
 
 
-RUN_SETTINGS = Path(__file__).resolve().parent.parent / "conf" / "hydra" / "default.yaml"
+RUN_SETTINGS = Path(__file__).resolve().parents[2] / "conf" / "hydra" / "default.yaml"
 
 
 class CarryRunSettings(Callback):
