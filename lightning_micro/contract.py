@@ -37,6 +37,7 @@ from lightning_micro.core import transforms
 
 TRANSFORMS_KEY = "lightning_micro/transforms"  # where checkpoints keep the network's structural record
 TECHNIQUES_KEY = "lightning_micro/techniques"  # the run's compression list, by technique, in checkpoints
+MODULE_CLASS_KEY = "lightning_micro/module_class"  # the dotted path of the LightningModule that wrote a checkpoint
 CONTRACT_LINE = "class {name}(lightning_micro.CompressionMixin, lightning.LightningModule)"
 
 LossTerm = Callable[..., torch.Tensor]
@@ -150,6 +151,7 @@ class CompressionMixin:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[MODULE_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint[TRANSFORMS_KEY] = [dict(entry) for entry in self.transforms]
         trainer = self._fitting_trainer()
         if trainer is not None:  # a dense run records its empty list too
@@ -227,6 +229,12 @@ class CompressionMixin:
         return export_compressed(self.trainer, path, self)  # type: ignore[attr-defined]
 
 
+def recorded_module_class(path: str | os.PathLike) -> str | None:
+    """The class path a checkpoint records as the LightningModule that wrote it (read as data only), if any."""
+    value = torch.load(path, map_location="cpu", weights_only=True).get(MODULE_CLASS_KEY)
+    return value if isinstance(value, str) else None
+
+
 def replay_checkpoint_record(module: Compressible, checkpoint: Mapping[str, Any]) -> None:
     """Apply the transforms a checkpoint's record holds that ``module`` has not applied yet (structure only)."""
     missing = transforms.remaining(module.transforms, checkpoint.get(TRANSFORMS_KEY, []))
@@ -292,9 +300,22 @@ def export_compressed(trainer: Any, path: str | os.PathLike, pl_module: Any = No
         TypeError: the module does not adopt the compression contract.
 
     Example:
-        >>> trainer.fit(module, datamodule)  # doctest: +SKIP
-        >>> export_compressed(trainer, "model.safetensors")  # doctest: +SKIP
-        >>> net = load_compressed("model.safetensors")  # doctest: +SKIP
+        >>> import tempfile
+        >>> import lightning as L
+        >>> from lightning_micro import load_compressed
+        >>> from lightning_micro.data import DigitsDataModule
+        >>> from lightning_micro.run.classifier import ClassifierModule
+        >>> net = {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]}
+        >>> sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+        >>> module = ClassifierModule(net, sgd, input_shape=[1, 8, 8])
+        >>> trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        ...                     enable_progress_bar=False, enable_model_summary=False)
+        >>> trainer.fit(module, DigitsDataModule())
+        >>> path = Path(tempfile.mkdtemp()) / "model.safetensors"
+        >>> export_compressed(trainer, path) > 0
+        True
+        >>> type(load_compressed(path)).__name__
+        'LeNet300'
     """
     module = require_contract(pl_module if pl_module is not None else trainer.lightning_module, "export_compressed")
     if Path(path).exists():

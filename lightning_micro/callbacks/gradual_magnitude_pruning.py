@@ -80,6 +80,7 @@ class GradualMagnitudePruning(CompressionTechnique):
     """
 
     technique = "GradualMagnitudePruning"
+    family = "connection_pruning"
     when_arguments = ("start", "end")
 
     def __init__(
@@ -179,7 +180,8 @@ class GradualMagnitudePruning(CompressionTechnique):
         self._select(net)
 
     def _select(self, net: nn.Module) -> None:
-        """The selection on ``net`` as it is now (:func:`~lightning_micro.callbacks.argument_checks.follow_selection`)."""
+        """The selection on ``net`` as it is now (see
+        :func:`~lightning_micro.callbacks.argument_checks.follow_selection`)."""
         names = follow_selection(select_parameters(net, ["*"], [], self.module_types), self.include, self.exclude,
                                  self.selected_at_start, module_of=lambda n: n.rpartition(".")[0])
         if not names:
@@ -215,12 +217,8 @@ class GradualMagnitudePruning(CompressionTechnique):
     # --- hooks -----------------------------------------------------------------------------------------------
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if not self.selected_at_start:  # the run resolved the selection on the network as configured
-            self.check_model(self.net_of(pl_module))
-        super().setup(trainer, pl_module, stage)
+    def selection_resolved(self) -> bool:
+        return bool(self.selected_at_start)  # the run resolved it on the network as configured
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

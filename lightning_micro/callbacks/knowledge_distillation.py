@@ -20,7 +20,7 @@ from typing_extensions import override
 from lightning_micro.artifact.format import ARTIFACT_NAME, load_compressed
 from lightning_micro.artifact.trust import Trusted, UntrustedSpecError, resolve
 from lightning_micro.callbacks.technique import CompressionTechnique
-from lightning_micro.contract import CompressionMixin, compressed_net
+from lightning_micro.contract import CompressionMixin, compressed_net, recorded_module_class
 from lightning_micro.core.distillation import distillation_term
 
 
@@ -66,8 +66,9 @@ class KnowledgeDistillation(CompressionTechnique):
     compressed, with whatever other techniques the run has) learns the teacher's softened outputs beside the labels.
 
     The teacher (``teacher``: an artifact, a run directory or a checkpoint of a dense recipe's run) is loaded as
-    data only (a checkpoint through ``teacher_class``, by default the student's own LightningModule class), runs in eval mode without gradients on the student's device, and is not part of the module (nor of
-    its checkpoints). Its forward time is in the report beside the fit's (``distill/teacher_s``,
+    data only (a checkpoint through ``teacher_class``, by default the student's own LightningModule class). It
+    runs in eval mode without gradients on the student's device, and is not part of the module (nor of its
+    checkpoints). Its forward time is in the report beside the fit's (``distill/teacher_s``,
     ``distill/teacher_share``). The term needs the batch (``(input, target)``) and, when the module passes them,
     the student's outputs (``self.compression_loss(batch=batch, outputs=logits)``); otherwise it runs the network
     again on the batch.
@@ -87,6 +88,7 @@ class KnowledgeDistillation(CompressionTechnique):
     """
 
     technique = "KnowledgeDistillation"
+    family = "distillation"
     changes_structure = False
 
     def __init__(self, teacher: str | None = None, alpha: float = 0.5, temperature: float = 4.0,
@@ -118,9 +120,10 @@ class KnowledgeDistillation(CompressionTechnique):
         if self.teacher is None:
             raise ValueError("teacher is not set: give the path of a trained run's artifact, run directory or "
                              "checkpoint (e.g. compression.distill.teacher=logs/runs/<dense run>)")
-        if self.teacher_class is None and self.student_class is None and _is_checkpoint(self.teacher):
+        module_class = self._module_class()
+        if module_class is None and _is_checkpoint(self.teacher):
             return  # read with the student's own class, known in setup
-        self.net = load_teacher(self.teacher, self.trusted, self._module_class())
+        self.net = load_teacher(self.teacher, self.trusted, module_class)
         if example_input is None:
             return
         with torch.no_grad():
@@ -136,21 +139,34 @@ class KnowledgeDistillation(CompressionTechnique):
                              f"{list(student.shape[1:])}: distill from a teacher trained on the same classes")
 
     def _module_class(self) -> type | None:
-        if self.teacher_class is None:
+        """The class that reads a checkpoint teacher: ``teacher_class``, else the student's, else (before the
+        student is known) the class the checkpoint records as its writer, when that class is trusted."""
+        if self.teacher_class is not None:
+            name, key = self.teacher_class, "teacher_class"
+        elif self.student_class is not None:
             return self.student_class
+        elif _is_checkpoint(self.teacher):
+            name, key = recorded_module_class(self.teacher), f"teacher {self.teacher} (the class that wrote it)"
+            if name is None:
+                return None
+        else:
+            return None
         try:
-            return resolve(self.teacher_class, "teacher_class", self.trusted)
+            return resolve(name, key, self.trusted)
         except UntrustedSpecError as err:
             raise ValueError(str(err)) from None
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        self.student_class = type(pl_module)
-        if self.net is None:
-            self.check_model(self.net_of(pl_module), getattr(pl_module, "example_input_array", None))
-        super().setup(trainer, pl_module, stage)
+    def selection_resolved(self) -> bool:
+        return self.net is not None
+
+    @override
+    def select_on(self, pl_module: L.LightningModule) -> None:
+        self.student_class = type(pl_module)  # reads a .ckpt teacher unless teacher_class names another
+        super().select_on(pl_module)
+
+    @override
+    def initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.add_loss_term(pl_module, "distill/kd", self._term)
         rank_zero_info(f"KnowledgeDistillation: teacher {self.teacher} ({type(self.net).__name__}), "
                        f"alpha={self.alpha}, T={self.temperature}")

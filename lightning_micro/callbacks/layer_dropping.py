@@ -18,12 +18,8 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_micro.callbacks.argument_checks import check_count, check_fraction, check_when
-from lightning_micro.callbacks.layer_swap import LayerSwap
-from lightning_micro.callbacks.quantization_aware_training import QuantizationAwareTraining
 from lightning_micro.callbacks.structure_change import change_structure
-from lightning_micro.callbacks.structured_pruning import StructuredPruning
 from lightning_micro.callbacks.technique import CompressionTechnique
-from lightning_micro.contract import example_input
 from lightning_micro.core import block_removal
 from lightning_micro.core.schedules import is_run_start
 from lightning_micro.core.selection import check_pattern, name_matches
@@ -94,8 +90,11 @@ class LayerDropping(CompressionTechnique):
     """
 
     technique = "LayerDropping"
+    family = "layer_dropping"
     when_arguments = ("prune_at",)
     changes_structure = True
+    traces_network = True
+    must_end_before = (("prune_at", "the shallower network would never be retrained"),)
 
     def __init__(
         self,
@@ -223,48 +222,11 @@ class LayerDropping(CompressionTechnique):
         return self.remove
 
     @override
-    def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                          techniques: list[CompressionTechnique]) -> None:
-        removal = self.fraction_at("prune_at", trainer) if self.prune_at is not None else None
-        for other in techniques:
-            if other is self:
-                continue
-            if isinstance(other, LayerDropping):
-                raise ValueError("one LayerDropping per run: it covers every droppable block; use `blocks` and "
-                                 "`exclude` to choose them")
-            if isinstance(other, QuantizationAwareTraining) and other.scheme.name == "int8" and self.prune_at is None:
-                raise ValueError("int8 QAT traces the network once, and LayerDropping without prune_at skips blocks "
-                                 "to the end of the run, which a traced graph cannot do: set prune_at before QAT's "
-                                 "start (blocks are removed, dropping stops, then int8 QAT traces the shallower "
-                                 "network)")
-            if isinstance(other, (StructuredPruning, LayerSwap)) and removal is not None:
-                if isinstance(other, LayerSwap):  # only layers inside a droppable block can vanish under it
-                    if not other.layers:
-                        other.check_model(self.net_of(pl_module))
-                    if not any(layer.startswith(block + ".") for layer in other.layers for block in self.droppable):
-                        continue
-                moment = other.structure_change_at
-                change = other.fraction_at(moment, trainer)
-                if change is None:
-                    continue
-                if change > removal or (change == removal and techniques.index(other) > techniques.index(self)):
-                    raise ValueError(f"{other.technique} changes layers at {moment}={getattr(other, moment)!r}, after "
-                                     f"LayerDropping removes blocks at prune_at={self.prune_at!r}: it chose its "
-                                     f"layers on the full-depth network, inside blocks that may go. Change them "
-                                     f"first: {moment} before prune_at (or the same moment, {other.technique} listed "
-                                     "first)")
-
-    # --- hooks -----------------------------------------------------------------------------------------------
+    def selection_resolved(self) -> bool:
+        return bool(self.droppable)
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if not self.droppable:
-            self.check_model(self.net_of(pl_module), example_input(pl_module, self.technique))
-        super().setup(trainer, pl_module, stage)
-        if self.prune_at is not None:
-            self.check_before_end("prune_at", "the shallower network would never be retrained")
+    def initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         plan = (f"{self.remove_count(len(self.droppable))} removed at {self.prune_at!r} ({self.removal})"
                 if self.prune_at is not None else "none removed")
         rank_zero_info(f"LayerDropping: {len(self.droppable)} droppable blocks ({', '.join(self.droppable)}), "

@@ -38,9 +38,10 @@ class LayerSwap(CompressionTechnique):
 
     transform: str = ""  # the registered transform that swaps the layers
     when_arguments = ("swap_at",)
+    family = "layer_swap"
     changes_structure = True
     structure_change_at = "swap_at"
-    int8_traceable = True  # whether torch.ao's int8 graph mode can quantize the layers swapped in
+    must_end_before = (("swap_at", "the swapped layers would never be trained"),)
 
     def __init__(self, swap_at: int | float | str, include: Sequence[str], exclude: Sequence[str],
                  module_types: Sequence[str], allowed_types: Sequence[str]) -> None:
@@ -82,30 +83,13 @@ class LayerSwap(CompressionTechnique):
                    for entry in pl_module.transforms)
 
     @override
-    def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                          techniques: list[CompressionTechnique]) -> None:
-        # Two swaps of one layer: the second would find the first one's replacement, not the layer it selected.
-        for other in techniques:
-            if other is self or not isinstance(other, LayerSwap):
-                continue
-            if not other.layers:
-                other.check_model(self.net_of(pl_module))
-            shared = [a for a in self.layers for b in other.layers
-                      if a == b or a.startswith(b + ".") or b.startswith(a + ".")]
-            if shared:
-                raise ValueError(f"{self.technique} and {other.technique} both select {shared}: a layer is swapped "
-                                 f"once; give them disjoint include/exclude patterns")
+    def selection_resolved(self) -> bool:
+        return bool(self.layers)
 
     # --- hooks -----------------------------------------------------------------------------------------------
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if not self.layers:
-            self.check_model(self.net_of(pl_module))
-        super().setup(trainer, pl_module, stage)
-        self.check_before_end("swap_at", "the swapped layers would never be trained")
+    def initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_run_start(self.swap_at) and not self.swapped(pl_module):
             change_structure(trainer, pl_module, self.transform, during_fit=False,
                              layers=self._specs(self.net_of(pl_module)))

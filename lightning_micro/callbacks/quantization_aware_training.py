@@ -56,31 +56,11 @@ class Int8Scheme:
     def stop_observing(self, net: nn.Module) -> None:
         int8_backend.set_observers(net, False)
 
-    def check_composition(self, qat: QuantizationAwareTraining, trainer: L.Trainer, pl_module: L.LightningModule,
-                          techniques: list[CompressionTechnique]) -> None:
-
+    def check_alone(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> None:
         if not getattr(pl_module, "compressed_net_name", ""):
             raise ValueError(f"int8 quantization traces the network and replaces it by an integer graph, which "
                              f"cannot replace the LightningModule {type(pl_module).__name__} itself: set "
                              "compressed_net_name to the attribute that holds the network (e.g. 'net')")
-        start = qat.fraction_at("start", trainer)
-        for other in techniques:
-            moment = other.structure_change_at
-            if other is qat or moment is None:
-                continue
-            if not getattr(other, "int8_traceable", True):
-                raise ValueError(f"int8 QAT cannot take {other.technique}'s layers: torch.ao's graph mode cannot "
-                                 f"express their contraction. Quantize them with low-bit weights instead "
-                                 f"(weight_bits: 4 or 8, activation_bits: 32), which trains and stores them as "
-                                 f"integer codes")
-            change = other.fraction_at(moment, trainer)
-            if start is None or change is None:  # known in setup, where this is checked again
-                continue
-            if change > start or (change == start and techniques.index(other) > techniques.index(qat)):
-                raise ValueError(f"int8 QAT traces the network at start={qat.start!r}, before {other.technique} "
-                                 f"changes it at {moment}={getattr(other, moment)!r}: a traced int8 graph cannot "
-                                 f"take new layers or shapes. Change it first: list {other.technique} before QAT "
-                                 f"in compression=[...] with {moment} <= start")
 
     def quantize_new_layers(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> None:
         raise ValueError("the network changed after int8 QAT traced it; a traced graph cannot take new layers")
@@ -121,9 +101,9 @@ class LowBitWeightScheme:
     def stop_observing(self, net: nn.Module) -> None:
         """Scales are read from the weights at every step: nothing to stop."""
 
-    def check_composition(self, qat: QuantizationAwareTraining, trainer: L.Trainer, pl_module: L.LightningModule,
-                          techniques: list[CompressionTechnique]) -> None:
-        """Every technique composes with low-bit weights: swapped-in layers are fake-quantized when they appear."""
+    def check_alone(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> None:
+        """Low-bit weights need nothing more of the run; every technique composes with them (swapped-in layers
+        are fake-quantized when they appear)."""
 
     def quantize_new_layers(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> None:
         """Fake-quantize the selected layers that are not yet (swapped in after the prepare). The new modules
@@ -199,8 +179,10 @@ class QuantizationAwareTraining(CompressionTechnique):
     """
 
     technique = "QuantizationAwareTraining"
+    family = "quantization"
     when_arguments = ("start", "freeze_observers", "freeze_bn")
     changes_structure = True
+    must_end_before = (("start", "no epoch would train quantized"),)
 
     def __init__(
         self,
@@ -277,22 +259,15 @@ class QuantizationAwareTraining(CompressionTechnique):
     # --- hooks -----------------------------------------------------------------------------------------------
 
     @override
-    def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                          techniques: list[CompressionTechnique]) -> None:
-        others = [t for t in techniques if isinstance(t, QuantizationAwareTraining) and t is not self]
-        if others:
-            raise ValueError("one QuantizationAwareTraining per run: a network is quantized once; choose int8 "
-                             "(weight_bits: 8, activation_bits: 8) or low-bit weights (activation_bits: 32)")
-        self.scheme.check_composition(self, trainer, pl_module, techniques)
+    def selection_resolved(self) -> bool:
+        return bool(self.selected_at_start)
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if not self.selected_at_start:
-            self.check_model(self.net_of(pl_module))
-        super().setup(trainer, pl_module, stage)
-        self.check_before_end("start", "no epoch would train quantized")
+    def check_alone(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.scheme.check_alone(self, pl_module)
+
+    @override
+    def initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.mode == "int8":
             self.kernel_backend, fallback = int8_backend.resolve_backend(self.backend)
             if fallback:

@@ -21,10 +21,8 @@ from lightning_micro.callbacks.argument_checks import (
     check_when,
     check_window,
 )
-from lightning_micro.callbacks.layer_swap import LayerSwap
 from lightning_micro.callbacks.structure_change import change_structure
 from lightning_micro.callbacks.technique import CompressionTechnique
-from lightning_micro.contract import example_input
 from lightning_micro.core import channels
 from lightning_micro.core.masks import mask_optimizer_state_
 from lightning_micro.core.schedules import SPARSITY_SCHEDULES
@@ -81,8 +79,11 @@ class StructuredPruning(CompressionTechnique):
 
     technique = "StructuredPruning"
     when_arguments = ("start", "end", "remove_at")
+    family = "channel_pruning"
     changes_structure = True
     structure_change_at = "remove_at"
+    traces_network = True
+    must_end_before = (("remove_at", "the thinner network would never be retrained"),)
 
     def __init__(
         self,
@@ -200,45 +201,18 @@ class StructuredPruning(CompressionTechnique):
         self.finals = [self.overridden.get(i, self.channel_ratio) for i in range(len(chosen))]
 
     @override
-    def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                          techniques: list[CompressionTechnique]) -> None:
-        # The groups are found on the network as configured; a layer swapped before the removal is not in them.
-        removal = self.fraction_at("remove_at", trainer)
-        for other in techniques:
-            if other is self:
-                continue
-            if isinstance(other, StructuredPruning):
-                raise ValueError("one StructuredPruning per run: its groups cover every selected layer; use "
-                                 "overrides for per-layer ratios")
-            if isinstance(other, LayerSwap):
-                swap = other.fraction_at("swap_at", trainer)
-                if removal is None or swap is None:
-                    continue
-                if swap < removal or (swap == removal and techniques.index(other) < techniques.index(self)):
-                    raise ValueError(f"{other.technique} swaps layers at swap_at={other.swap_at!r}, before "
-                                     f"StructuredPruning removes channels at remove_at={self.remove_at!r}: the "
-                                     f"channel groups were found on the layers it replaces. Remove first: list "
-                                     f"StructuredPruning before {other.technique} with remove_at <= swap_at")
+    def selection_resolved(self) -> bool:
+        return bool(self.groups)
 
     # --- hooks -----------------------------------------------------------------------------------------------
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        if not self.groups:
-            self.check_model(self.net_of(pl_module), example_input(pl_module, self.technique))
-        super().setup(trainer, pl_module, stage)
+    def initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.bn_penalty:
             self.add_loss_term(pl_module, "structured/bn_l1", self._bn_l1)
         rank_zero_info(f"StructuredPruning: {len(self.groups)} channel groups "
                        f"({', '.join(g.name for g in self.groups)}), {self.channel_ratio:.0%} of channels by "
                        f"{self.importance}, removed at {self.remove_at!r}")
-
-    @override
-    def check_run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().check_run(trainer, pl_module)
-        self.check_before_end("remove_at", "the thinner network would never be retrained")
 
     def _bn_l1(self, module: L.LightningModule, **context: Any) -> torch.Tensor:
         if self.removed(module):

@@ -4,9 +4,11 @@ The lifecycle of a technique, in the order Lightning runs it:
 
 - ``check_model(net, example_input)``: resolve the selection (name patterns, types, traced channel groups) on the
   network as configured, raising ``ValueError`` naming the argument; the run calls it before the trainer is built.
-- ``setup``: the contract is checked (structure-changing techniques need :class:`~lightning_micro.contract.
-  Compressible`), every pair with the other techniques of the run is checked (:meth:`check_composition`), and
-  the "when" arguments are checked against the run's length. A change due at the very start happens here.
+- ``setup``, one template for every technique: the selection is resolved if the run has not done it yet
+  (:meth:`select_on`), the run is checked (:meth:`check_run`: the contract for structure-changing techniques,
+  the "when" arguments against the run's length, :meth:`check_alone`, every pair with the other techniques by
+  the table of :mod:`~lightning_micro.callbacks.composition`, and :attr:`must_end_before`), then the technique's
+  own :meth:`initialize` (a change due at the very start happens there).
 - ``on_train_start``: the "when" arguments are resolved to optimizer steps (:meth:`step_at`).
 - during fit: a technique that changes the structure does it through :func:`~lightning_micro.callbacks.
   structure.change_structure`, which tells every technique of the run (:meth:`on_structure_change`) so that
@@ -27,12 +29,14 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
+from lightning_micro.callbacks.composition import check_composition
 from lightning_micro.contract import (
     TECHNIQUES_KEY,
     TRANSFORMS_KEY,
     Compressible,
     check_same_techniques,
     compressed_net,
+    example_input,
     require_contract,
     technique_list,
 )
@@ -43,16 +47,24 @@ When = int | float | str
 class CompressionTechnique(Callback):
     """Base class of the compression callbacks.
 
-    Subclasses set :attr:`technique` (the name in messages), :attr:`when_arguments` (names of attributes holding
-    a moment of the run) and :attr:`changes_structure`; they override the hooks they need.
+    Subclasses declare what they are as data (:attr:`technique`, :attr:`family`, :attr:`when_arguments`,
+    :attr:`changes_structure`, :attr:`structure_change_at`, :attr:`int8_traceable`, :attr:`traces_network`,
+    :attr:`must_end_before`) and fill in the steps they need (:meth:`selection_resolved`, :meth:`check_model`,
+    :meth:`check_alone`, :meth:`initialize`, ...); :meth:`setup` is the same template for all of them.
     """
 
     technique: str = "CompressionTechnique"
+    # What the composition table (lightning_micro.callbacks.composition) knows this technique by; "" names none.
+    family: str = ""
     when_arguments: tuple[str, ...] = ()
     changes_structure: bool = False  # needs the compression contract (a record replayed before weights load)
     # The "when" argument at which the technique changes the network's structure mid-run (swaps layers, removes
     # channels), if it does: int8 QAT, which traces the network once, must come after it.
     structure_change_at: str | None = None
+    int8_traceable: bool = True  # whether torch.ao's int8 graph mode can quantize the layers this one makes
+    traces_network: bool = False  # check_model needs one batch of input (Lightning's example_input_array)
+    # "when" arguments that must fall before the end of training: (argument, what would go wrong otherwise)
+    must_end_before: tuple[tuple[str, str], ...] = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -65,10 +77,25 @@ class CompressionTechnique(Callback):
         """Resolve the selection on ``net`` (``example_input``: one batch of its input, for techniques that trace
         it); raise ``ValueError`` naming the argument when it cannot work."""
 
-    def check_composition(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                          techniques: list[CompressionTechnique]) -> None:
-        """Raise ``ValueError`` (with the reason and what works instead) when this technique cannot share the run
-        with ``techniques`` (all of the run's, this one included, in callback order)."""
+    def selection_resolved(self) -> bool:
+        """Whether the selection is resolved already (the run calls :meth:`check_model` before the trainer)."""
+        return False
+
+    def select_on(self, pl_module: L.LightningModule) -> None:
+        """Resolve the selection on the module's network (by the run before the trainer is built, else in
+        ``setup``): :meth:`check_model` with the module's example input, which a technique that traces the
+        network requires."""
+        if self.traces_network:
+            example = example_input(pl_module, self.technique)
+        else:
+            example = getattr(pl_module, "example_input_array", None)
+        self.check_model(self.net_of(pl_module), example)
+
+    def check_alone(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Raise ``ValueError`` when the run cannot take this technique whatever the others are."""
+
+    def initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The technique's own set-up once the run is checked (a change due at the very start, a loss term)."""
 
     def on_structure_change(self, trainer: L.Trainer, pl_module: L.LightningModule, entry: Mapping[str, Any]) -> None:
         """Another technique (or this one) changed the network with the recorded transform ``entry``: re-resolve
@@ -143,17 +170,25 @@ class CompressionTechnique(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if not self.selection_resolved():
+            self.select_on(pl_module)
         self.check_run(trainer, pl_module)
+        self.initialize(trainer, pl_module)
 
     def check_run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Everything this technique checks against the run before the first step: the contract when it changes
-        structure, its moments against the run's length, its pairing with the other techniques. Called in
-        ``setup``, and by ``train.py`` before loggers start (raises ``ValueError`` or ``TypeError``)."""
+        structure, its moments against the run's length, its own needs, its pairing with the other techniques,
+        its moments before the end. Called in ``setup``, and by ``train.py`` before loggers start (raises
+        ``ValueError`` or ``TypeError``)."""
         if self.changes_structure:
             require_contract(pl_module, self.technique)
         self._check_whens(trainer)
+        self.check_alone(trainer, pl_module)
         techniques = [c for c in trainer.callbacks if isinstance(c, CompressionTechnique)]
-        self.check_composition(trainer, pl_module, techniques)
+        check_composition(self, trainer, pl_module, techniques)
+        for name, consequence in self.must_end_before:
+            if getattr(self, name) is not None:
+                self.check_before_end(name, consequence)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

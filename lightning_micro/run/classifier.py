@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_micro.artifact.trust import build, file_trust
+from lightning_micro.artifact.trust import build, file_trust, trusted
 from lightning_micro.contract import TRANSFORMS_KEY, CompressionMixin
 from lightning_micro.run.instantiate import ConfigError, described, instantiate, to_plain
 
@@ -43,6 +43,7 @@ def _check_learning_rates(optimizer: torch.optim.Optimizer, key: str) -> None:
             raise ConfigError(key, f"gives the learning rate {lr}; it must be a finite number >= 0")
 
 
+@trusted  # the zoo's checkpoints name it (a distillation teacher's, say); its arguments build only trusted nodes
 class ClassifierModule(CompressionMixin, L.LightningModule):
     """Cross-entropy classification around a plain ``nn.Module``, with torchmetrics accuracy.
 

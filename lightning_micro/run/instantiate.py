@@ -13,6 +13,16 @@ import hydra.utils
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+# Targets that moved when the package was laid out in floors (0.1 -> 0.2): a config naming the old path is told
+# the new one, instead of Hydra's "Error locating target".
+MOVED_TARGETS = {
+    "lightning_micro.models.ClassifierModule": "lightning_micro.run.classifier.ClassifierModule",
+    "lightning_micro.models.classifier.ClassifierModule": "lightning_micro.run.classifier.ClassifierModule",
+    "lightning_micro.loggers.WandbLogger": "lightning_micro.run.loggers.WandbLogger",
+    "lightning_micro.hydra_callbacks.RefuseExistingRunDir": "lightning_micro.run.hydra_callbacks.RefuseExistingRunDir",
+    "lightning_micro.hydra_callbacks.CarryRunSettings": "lightning_micro.run.hydra_callbacks.CarryRunSettings",
+}
+
 
 class ConfigError(ValueError):
     """A config value that cannot work, named by its dotted key (``model.optimizer``, ``data.data_dir``)."""
@@ -65,6 +75,8 @@ def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
             the arguments (the constructor's own message is kept).
     """
     target = _target_of(node, key)
+    if target in MOVED_TARGETS:
+        raise ConfigError(key, f"_target_ {target} has moved: write _target_: {MOVED_TARGETS[target]}")
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as err:

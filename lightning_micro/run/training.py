@@ -141,14 +141,14 @@ def check_resume(checkpoint: Mapping[str, Any], node: Any, callbacks: list[Any])
 
 def build_techniques(node: Any, module: ClassifierModule) -> list[Any]:
     """The compression callbacks, in list order, each checked against the network before training
-    (``check_model`` raises ``ValueError`` for a selection that matches nothing)."""
+    (``select_on`` raises ``ValueError`` for a selection that matches nothing)."""
     techniques = instantiate_each(node, "compression")
     for name, technique in zip(node or {}, techniques, strict=True):
         if not isinstance(technique, CompressionTechnique):
             raise ConfigError(f"compression.{name}", f"{type(technique).__name__} is not a compression technique "
                               "(a subclass of lightning_micro.callbacks.CompressionTechnique)")
         try:
-            technique.check_model(module.compressed_net, getattr(module, "example_input_array", None))
+            technique.select_on(module)
         except ValueError as err:
             raise ConfigError(f"compression.{name}", str(err)) from err
     return techniques
