@@ -22,10 +22,11 @@ train: install
 
 # The suite runs in one process per core (at most 4: each holds torch), a test file per worker so that a file's
 # shared fixtures run once; every test process and the runs they start use one thread (tests/conftest.py).
+# It covers tests/ and the examples in lightning_micro's docstrings (testpaths), and lists the 25 slowest tests.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 --doctest-modules $(ARGS)
 
 lint: install
 	$(PY) -m ruff check .

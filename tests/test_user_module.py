@@ -1,4 +1,4 @@
-"""A user's own LightningModule (tests/user_model.py: residual and depthwise layers, its own training_step and
+"""A user's own LightningModule (tests/helpers/user_modules.py: residual and depthwise layers, its own training_step and
 optimizer) through every technique and a pair, from Python with a plain Trainer and no Hydra; the artifact of
 ``export_compressed`` reloads in a fresh process with the accuracy trainer.test measured. The contract's message,
 loss hook and export refusals."""
@@ -26,24 +26,11 @@ from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.report.measure import weight_tensors
-from tests.user_model import (
-    DigitsClassifier,
-    FactoryNamed,
-    PlainClassifier,
-    ResidualDepthwiseNet,
-    UnsavedArguments,
-)
+from tests.helpers.fresh_process import USER_ARTIFACT_ACCURACY
+from tests.helpers.user_modules import DigitsClassifier, FactoryNamed, PlainClassifier, UnsavedArguments
+from tests.helpers.user_nets import ResidualDepthwiseNet
 
 ROOT = Path(__file__).resolve().parent.parent
-FRESH_PROCESS_ACCURACY = (
-    "import sys, torch\n"
-    "from lightning_micro import load_compressed\n"
-    "from lightning_micro.data import DigitsDataModule\n"
-    "net = load_compressed(sys.argv[1], trusted=['tests.user_model'])  # the user's own classes, trusted by name\n"
-    "dm = DigitsDataModule(); dm.setup('test')\n"
-    "x, y = dm.test_set.tensors\n"
-    "with torch.no_grad(): print(type(net).__name__, (net(x).argmax(1) == y).float().mean().item())\n"
-)
 
 RECIPES = {
     "gmp": lambda: [GradualMagnitudePruning(final_sparsity=0.6, start=0, end=2, update_every=5)],
@@ -79,7 +66,7 @@ def test_user_module_takes_the_technique_and_its_artifact_scores_the_same_in_a_f
     path = tmp_path / "model.safetensors"
     assert export_compressed(trainer, path) == path.stat().st_size
     meta = read_metadata(path)
-    assert meta["net"] == {"_target_": "tests.user_model.DigitsClassifier", "width": 16, "lr": 5e-3}
+    assert meta["net"] == {"_target_": "tests.helpers.user_modules.DigitsClassifier", "width": 16, "lr": 5e-3}
     assert meta["submodule"] == "backbone"
     applied = [e["transform"] for e in meta["transforms"]]
     expected = {"gmp": [], "qat_int8": ["int8_qat_prepare", "int8_convert"],
@@ -98,7 +85,7 @@ def test_user_module_takes_the_technique_and_its_artifact_scores_the_same_in_a_f
         weights = weight_tensors(deployed)
         assert [weights[f"{n}.weight"].shape[0] for n in ("stem.0", "depthwise", "pointwise", "fc1")] == [8, 8, 8, 32]
         assert weights["fc1.weight"].shape[1] == 8 * 16
-    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS_ACCURACY, str(path)], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", USER_ARTIFACT_ACCURACY, str(path)], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     kind, accuracy = out.stdout.split()
@@ -183,7 +170,7 @@ def test_a_factory_named_by_the_module_rebuilds_the_network_and_the_module_expor
     trainer, module = fit(tmp_path, RECIPES["tt"](), FactoryNamed(), max_epochs=2)
     path = tmp_path / "model.safetensors"
     assert module.export_compressed(path) == path.stat().st_size  # from the module, with its trainer
-    assert read_metadata(path)["net"] == {"_target_": "tests.user_model.ResidualDepthwiseNet", "width": 16}
+    assert read_metadata(path)["net"] == {"_target_": "tests.helpers.user_nets.ResidualDepthwiseNet", "width": 16}
     deployed = load_compressed(path, trusted=[ResidualDepthwiseNet])  # the factory the module names
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():

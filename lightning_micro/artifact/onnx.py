@@ -16,6 +16,7 @@ The batch axis is dynamic (input ``input``, output ``logits``). :class:`OnnxRunt
 as a module, so that the report times it beside the PyTorch networks with the same benchmark.
 
 Example:
+    >>> # skipped in the doctests: it needs a finished run, and tracing takes seconds (tests/artifact/test_onnx.py)
     >>> path = export_onnx("logs/runs/2026-11-29_07-00-00")  # doctest: +SKIP
     >>> net = OnnxRuntimeNet(path)  # doctest: +SKIP
     >>> net(torch.zeros(8, 1, 28, 28)).shape  # doctest: +SKIP

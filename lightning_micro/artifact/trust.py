@@ -58,6 +58,7 @@ def trust(*targets: Trusted) -> None:
 
     Example:
         >>> import lightning_micro
+        >>> # skipped in the doctests: my_package is the user's, and trust lasts for the rest of the process
         >>> lightning_micro.trust("my_package.nets")  # doctest: +SKIP
     """
     for target in targets:

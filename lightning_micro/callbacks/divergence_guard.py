@@ -33,7 +33,7 @@ class DivergenceGuard(Callback):
     The run (``train.py``) reports it in one line and exits with status 1, writing no artifact and no report.
 
     Example:
-        >>> trainer = L.Trainer(callbacks=[DivergenceGuard()])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[DivergenceGuard()])
     """
 
     @override

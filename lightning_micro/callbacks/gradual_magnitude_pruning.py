@@ -76,7 +76,7 @@ class GradualMagnitudePruning(CompressionTechnique):
         >>> pruning = GradualMagnitudePruning(final_sparsity=0.9, start=0, end=0.5, update_every=50)
         >>> pruning.end, GradualMagnitudePruning().end  # the defaults are conf/compression/gmp.yaml's
         (0.5, 0.6)
-        >>> trainer = L.Trainer(callbacks=[pruning])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[pruning])
     """
 
     technique = "GradualMagnitudePruning"

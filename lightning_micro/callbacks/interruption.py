@@ -47,7 +47,7 @@ class InterruptionCheckpoint(Callback):
         >>> callback = InterruptionCheckpoint(dirpath="outputs/run/checkpoints")
         >>> callback.ckpt_path
         'outputs/run/checkpoints/interrupted.ckpt'
-        >>> trainer = L.Trainer(callbacks=[callback])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[callback])
     """
 
     FILE_EXTENSION = ".ckpt"

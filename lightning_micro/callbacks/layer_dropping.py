@@ -86,7 +86,7 @@ class LayerDropping(CompressionTechnique):
 
     Example:
         >>> dropping = LayerDropping(p=0.3, prune_at=0.6, remove=0.5)
-        >>> trainer = L.Trainer(callbacks=[dropping])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[dropping])
     """
 
     technique = "LayerDropping"

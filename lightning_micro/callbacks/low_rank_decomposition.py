@@ -46,7 +46,8 @@ class LowRankDecomposition(LayerSwap):
 
     Example:
         >>> lowrank = LowRankDecomposition(swap_at=10, conv_method="tucker2", rank=[16, 8], include=["conv2"])
-        >>> trainer = L.Trainer(callbacks=[lowrank])  # doctest: +SKIP
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[lowrank])
     """
 
     transform = "low_rank_swap"

@@ -175,7 +175,7 @@ class QuantizationAwareTraining(CompressionTechnique):
 
     Example:
         >>> qat = QuantizationAwareTraining(weight_bits=8, activation_bits=8, start=0, freeze_bn=0.75)
-        >>> trainer = L.Trainer(callbacks=[qat])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[qat])
     """
 
     technique = "QuantizationAwareTraining"

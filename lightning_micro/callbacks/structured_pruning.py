@@ -74,7 +74,7 @@ class StructuredPruning(CompressionTechnique):
         >>> pruning = StructuredPruning(channel_ratio=0.6, end=0.5, round_to=8)
         >>> pruning.remove_at
         0.5
-        >>> trainer = L.Trainer(callbacks=[pruning])  # doctest: +SKIP
+        >>> trainer = L.Trainer(callbacks=[pruning])
     """
 
     technique = "StructuredPruning"

@@ -51,7 +51,8 @@ class TTLayerSwap(LayerSwap):
 
     Example:
         >>> swap = TTLayerSwap(swap_at=0.5, compression_ratio=30, include=["fc1"])
-        >>> trainer = L.Trainer(callbacks=[swap])  # doctest: +SKIP
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[swap])
     """
 
     transform = "tt_swap"

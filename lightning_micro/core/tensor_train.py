@@ -265,8 +265,10 @@ class TTLinear(nn.Module):
     """A linear layer whose weight is a TT-matrix; the cores are its parameters (``cores.0`` ... ``cores.{d-1}``).
 
     Args:
-        in_features, out_features: as ``nn.Linear``.
-        in_factors, out_factors: ``n_1..n_d`` and ``m_1..m_d`` (products ``in_features``, ``out_features``).
+        in_features: as ``nn.Linear``.
+        out_features: as ``nn.Linear``.
+        in_factors: ``n_1..n_d`` (product ``in_features``).
+        out_factors: ``m_1..m_d`` (product ``out_features``).
         ranks: ``[1, r_1, ..., r_{d-1}, 1]``, or one internal rank, or the ``d - 1`` internal ranks.
         bias: learn an additive bias.
     """

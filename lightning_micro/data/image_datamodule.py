@@ -100,7 +100,8 @@ class ResumableDataLoader(DataLoader):
     :class:`ResumableBatchSampler` (``batch_sampler=``), which skips the trained batches without loading them.
 
     Args:
-        *args, **kwargs: ``DataLoader``'s, with ``batch_sampler`` a :class:`ResumableBatchSampler`.
+        *args: ``DataLoader``'s.
+        **kwargs: ``DataLoader``'s, with ``batch_sampler`` a :class:`ResumableBatchSampler`.
         batches_trained: returns how many batches of the current epoch have been trained on (``None``: 0).
 
     Raises:
@@ -155,7 +156,8 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: training batch size (evaluation uses the same).
         val_size: images held out of the training split for validation.
         split_seed: seed of the train/validation split, independent of the run's ``seed``.
-        mean, std: per-channel normalization.
+        mean: per-channel normalization: the means subtracted.
+        std: per-channel normalization: the standard deviations divided by.
         num_workers: DataLoader workers (0 serves batches from the main process).
     """
 

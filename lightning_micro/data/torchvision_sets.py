@@ -188,14 +188,14 @@ class TorchvisionDataModule(ImageDataModule):
 
     Subclasses that know their archive format unpack it themselves by naming what torchvision reads
     (:meth:`unpacked_paths`), checking it (:meth:`check_unpacked`) and making it (:meth:`unpack`); the base
-    leaves everything to torchvision, under the lock.
+    leaves everything to torchvision, under the lock. The arguments not listed below are
+    :class:`ImageDataModule`'s.
 
     Args:
         data_dir: folder that holds ``<DatasetName>/`` in torchvision's layout; must exist. Never written to
             when it is read-only: its archives are unpacked into ``$LM_CACHE_DIR`` (else
             ``~/.cache/lightning_micro``) instead.
         download: let torchvision fetch missing files (needs network).
-        Others as :class:`ImageDataModule`.
 
     Raises:
         DatasetNotFoundError: from :meth:`prepare_data`, when files are missing and cannot be downloaded.

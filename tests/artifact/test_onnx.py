@@ -22,9 +22,8 @@ from lightning_micro.data import DigitsDataModule
 from lightning_micro.models import LeNet300
 from lightning_micro.run.training import train
 from lightning_micro.tools.export import main
-from tests.conftest import FAST, compose_cfg
+from tests.helpers.config import FAST, compose_cfg
 
-ROOT = Path(__file__).resolve().parent.parent
 EXPORT = [str(Path(sys.executable).parent / "lightning-micro-export")]
 SMALL_RESNET = ["model=resnet20", "model.net.blocks_per_stage=2", "model.net.widths=[8,16,16]"]
 TECHNIQUES = {  # technique: overrides on the default LeNet-300-100 (or the network it needs)
@@ -138,7 +137,7 @@ def test_a_users_own_module_exports_with_its_class_trusted(tmp_path):
 
     from lightning_micro import export_compressed
     from lightning_micro.callbacks import QuantizationAwareTraining, TTLayerSwap
-    from tests.user_model import DigitsClassifier
+    from tests.helpers.user_modules import DigitsClassifier
 
     for name, callbacks in {"tt": [TTLayerSwap(swap_at=0, ranks=4, include=["fc1"])],
                             "int8": [QuantizationAwareTraining(start=0)]}.items():

@@ -31,8 +31,9 @@ from lightning_micro.artifact.format import (
 from lightning_micro.artifact.trust import UntrustedSpecError
 from lightning_micro.models import LeNet300
 from lightning_micro.run.classifier import ClassifierModule
+from tests.helpers.config import ROOT
+from tests.helpers.user_nets import ResidualDepthwiseNet
 
-ROOT = Path(__file__).resolve().parent.parent
 SPEC = {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]}
 
 
@@ -112,8 +113,9 @@ def test_no_payload_in_an_artifact_runs_code(attack_dir, tmp_path):
         write_artifact(tmp_path / f"{name}.safetensors", spec)
         names.append(name)
     before = {p.name for p in attack_dir.rglob("*")}
-    lines = load_each_in_a_fresh_process(attack_dir, "from lightning_micro.artifact.format import load_compressed as load",
-                                         [str(tmp_path / f"{name}.safetensors") for name in names], names)
+    lines = load_each_in_a_fresh_process(
+        attack_dir, "from lightning_micro.artifact.format import load_compressed as load",
+        [str(tmp_path / f"{name}.safetensors") for name in names], names)
     refused = {k: v for k, v in lines.items() if k != "interpolation"}
     assert all(v.startswith("UntrustedSpecError") for v in refused.values()), lines
     assert lines["interpolation"].startswith("TypeError")  # LeNet300 got the literal string; nothing resolved it
@@ -131,27 +133,26 @@ def test_interpolation_strings_stay_strings_and_are_passed_to_the_trusted_class(
 
 
 def test_a_user_class_loads_only_when_the_caller_trusts_it(tmp_path):
-    from tests.user_model import ResidualDepthwiseNet
-
-    spec = {"_target_": "tests.user_model.ResidualDepthwiseNet", "width": 8}
+    spec = {"_target_": "tests.helpers.user_nets.ResidualDepthwiseNet", "width": 8}
     path = tmp_path / "user.safetensors"
     save_compressed(ResidualDepthwiseNet(width=8), spec, path)
-    with pytest.raises(UntrustedSpecError, match=r"'tests.user_model.ResidualDepthwiseNet' is not trusted.*"
+    with pytest.raises(UntrustedSpecError, match=r"'tests.helpers.user_nets.ResidualDepthwiseNet' is not trusted.*"
                                                  r"trusted=\[ResidualDepthwiseNet\]"):
         load_compressed(path)
-    for trusted in ([ResidualDepthwiseNet], ["tests.user_model.ResidualDepthwiseNet"], ["tests.user_model"]):
+    for trusted in ([ResidualDepthwiseNet], ["tests.helpers.user_nets.ResidualDepthwiseNet"],
+                    ["tests.helpers.user_nets"]):
         assert isinstance(load_compressed(path, trusted=trusted), ResidualDepthwiseNet)
     with pytest.raises(ValueError, match="names neither an importable module"):
-        load_compressed(path, trusted=["tests.user_model.NoSuchThing"])
+        load_compressed(path, trusted=["tests.helpers.user_nets.NoSuchThing"])
 
 
 def test_trust_registers_a_class_for_the_process(tmp_path):
     code = (
         "import lightning_micro\n"
         "from lightning_micro.artifact.format import load_compressed, save_compressed\n"
-        "from tests.user_model import ResidualDepthwiseNet\n"
+        "from tests.helpers.user_nets import ResidualDepthwiseNet\n"
         f"path = {str(tmp_path / 'u.safetensors')!r}\n"
-        "save_compressed(ResidualDepthwiseNet(width=8), {'_target_': 'tests.user_model.ResidualDepthwiseNet', "
+        "save_compressed(ResidualDepthwiseNet(width=8), {'_target_': 'tests.helpers.user_nets.ResidualDepthwiseNet', "
         "'width': 8}, path)\n"
         "lightning_micro.trust(ResidualDepthwiseNet)\n"
         "print(type(load_compressed(path)).__name__)\n"
@@ -251,7 +252,8 @@ def test_load_from_checkpoint_never_runs_the_payloads(attack_dir, tmp_path):
             classifier_checkpoint(tmp_path / f"{name}.ckpt", spec)
     before = {p.name for p in attack_dir.rglob("*")}
     lines = load_each_in_a_fresh_process(
-        attack_dir, "from lightning_micro.run.classifier import ClassifierModule\nload = ClassifierModule.load_from_checkpoint",
+        attack_dir,
+        "from lightning_micro.run.classifier import ClassifierModule\nload = ClassifierModule.load_from_checkpoint",
         [str(tmp_path / f"{name}.ckpt") for name in sorted(cases)], sorted(cases))
     assert all(v.startswith("UntrustedSpecError") or (k == "interpolation" and v.startswith("TypeError"))
                for k, v in lines.items()), lines
@@ -261,14 +263,14 @@ def test_load_from_checkpoint_never_runs_the_payloads(attack_dir, tmp_path):
 def test_a_clean_checkpoint_still_loads_and_a_user_network_needs_trust(tmp_path):
     classifier_checkpoint(tmp_path / "ok.ckpt", SPEC)
     assert isinstance(ClassifierModule.load_from_checkpoint(tmp_path / "ok.ckpt").net, LeNet300)
-    user = {"_target_": "tests.user_model.ResidualDepthwiseNet", "width": 8}
+    user = {"_target_": "tests.helpers.user_nets.ResidualDepthwiseNet", "width": 8}
     module = ClassifierModule(net=user, optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
                               input_shape=[1, 8, 8])  # from the user's own code or config: trusted
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(tmp_path / "user.ckpt")
-    with pytest.raises(UntrustedSpecError, match="'tests.user_model.ResidualDepthwiseNet' is not trusted"):
+    with pytest.raises(UntrustedSpecError, match="'tests.helpers.user_nets.ResidualDepthwiseNet' is not trusted"):
         ClassifierModule.load_from_checkpoint(tmp_path / "user.ckpt")
-    loaded = ClassifierModule.load_from_checkpoint(tmp_path / "user.ckpt", trusted=["tests.user_model"])
+    loaded = ClassifierModule.load_from_checkpoint(tmp_path / "user.ckpt", trusted=["tests.helpers.user_nets"])
     assert type(loaded.net).__name__ == "ResidualDepthwiseNet"

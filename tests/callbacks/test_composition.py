@@ -28,31 +28,11 @@ from lightning_micro.report.measure import weight_tensors
 from lightning_micro.run.classifier import ClassifierModule
 from lightning_micro.run.instantiate import ConfigError
 from lightning_micro.run.training import train
-from tests.callbacks.ddp_transform_script import run_on_two_ranks
-from tests.callbacks.test_gradual_magnitude_pruning import StopAfterEpoch
-from tests.conftest import FAST, compose_cfg
+from tests.helpers.config import FAST, compose_cfg
+from tests.helpers.ddp import run_on_two_ranks
+from tests.helpers.fitting import StopAfterEpoch
+from tests.helpers.small_conv_net import NET, SGD, SmallConvNet
 
-
-class SmallConvNet(nn.Module):
-    """Convolutions and linear layers for 8x8 digits: every technique finds something to take."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(256, 64)
-        self.fc2 = nn.Linear(64, 10)
-        self.relu = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.conv1(x))
-        x = self.pool(self.relu(self.conv2(x)))
-        return self.fc2(self.relu(self.fc1(torch.flatten(x, 1))))
-
-
-NET = {"_target_": f"{__name__}.SmallConvNet"}
-SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9}
 SPARSITY = 0.5
 # Three epochs of 10 batches: pruning over steps 0-20, swaps and quantization from epoch 1 (step 10).
 TECHNIQUES = {

@@ -17,7 +17,7 @@ from lightning_micro.callbacks import (
     StructuredPruning,
     TTLayerSwap,
 )
-from tests.conftest import CONF
+from tests.helpers.config import CONF
 
 CLASSES = {"gmp": GradualMagnitudePruning, "qat": QuantizationAwareTraining, "tt": TTLayerSwap,
            "lowrank": LowRankDecomposition, "structured": StructuredPruning, "layerdrop": LayerDropping,

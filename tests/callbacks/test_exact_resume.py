@@ -19,7 +19,7 @@ from lightning_micro.data import DigitsDataModule
 from lightning_micro.run.classifier import ClassifierModule
 from lightning_micro.run.failures import RunInterrupted
 from lightning_micro.run.training import train
-from tests.conftest import FAST, compose_cfg
+from tests.helpers.config import FAST, compose_cfg
 
 EPOCH = 6  # training batches per epoch; 3 epochs: 18 steps
 BASE = [*FAST, "debug=limit", "trainer.max_epochs=3", f"trainer.limit_train_batches={EPOCH}",

@@ -18,7 +18,9 @@ from lightning_micro.data import DigitsDataModule
 from lightning_micro.run.classifier import ClassifierModule
 from lightning_micro.run.instantiate import ConfigError
 from lightning_micro.run.training import train
-from tests.conftest import FAST, ROOT, compose_cfg
+from tests.helpers.config import FAST, ROOT, compose_cfg
+from tests.helpers.ddp import PRUNING_SCRIPT
+from tests.helpers.fitting import StopAfterEpoch, trainer_for
 
 NET = {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]}
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}
@@ -42,11 +44,6 @@ class CheckPrunedStayZero(L.Callback):
                 if isinstance(value, torch.Tensor) and value.shape == mask.shape:
                     assert not bool(value[~mask].any()), f"optimizer state of pruned {name} is not zero"
             self.checks += 1
-
-
-def trainer_for(tmp_path: Path, callbacks, max_epochs=3, **kwargs) -> L.Trainer:
-    return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -100,17 +97,6 @@ def _fit(tmp_path: Path, stop_after: int | None = None, ckpt_path: Path | None =
     return module, pruning
 
 
-class StopAfterEpoch(L.Callback):
-    """Interrupts the run (as a killed job would) once `epochs` epochs are done and checkpointed."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
-
-
 def test_resume_mid_schedule_matches_an_uninterrupted_run(tmp_path):
     straight, straight_pruning = _fit(tmp_path / "straight")
     _, interrupted = _fit(tmp_path / "first", stop_after=2)
@@ -133,8 +119,7 @@ def test_pruned_checkpoint_loads_into_the_plain_model(tmp_path):
 
 
 def test_ddp_masks_are_identical_on_both_ranks(tmp_path):
-    script = ROOT / "tests" / "callbacks" / "ddp_pruning_script.py"
-    out = subprocess.run([sys.executable, str(script), str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, str(PRUNING_SCRIPT), str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))

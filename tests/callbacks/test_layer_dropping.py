@@ -30,9 +30,11 @@ from lightning_micro.data import DigitsDataModule
 from lightning_micro.run.classifier import ClassifierModule
 from lightning_micro.run.instantiate import ConfigError
 from lightning_micro.run.training import train
-from tests.callbacks.ddp_transform_script import run_on_two_ranks
-from tests.conftest import FAST, compose_cfg
-from tests.user_model import ResidualStackClassifier
+from tests.helpers.config import FAST, compose_cfg
+from tests.helpers.ddp import run_on_two_ranks
+from tests.helpers.fitting import StopAfterEpoch
+from tests.helpers.fresh_process import USER_ARTIFACT_ACCURACY
+from tests.helpers.user_modules import ResidualStackClassifier
 
 # droppable: layer1.0, layer1.1, layer2.1, layer3.1 (the first blocks of stages 2 and 3 downsample)
 RESNET = {"_target_": "lightning_micro.models.ResNet20", "input_shape": [1, 8, 8], "blocks_per_stage": 2,
@@ -46,8 +48,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def fit(tmp_path: Path, techniques: list[L.Callback], callbacks: list[L.Callback] = (), max_epochs: int = 3,
         ckpt_path: Path | None = None, stop_after: int | None = None, module: L.LightningModule | None = None
         ) -> tuple[L.Trainer, L.LightningModule]:
-    from tests.callbacks.test_gradual_magnitude_pruning import StopAfterEpoch
-
     L.seed_everything(0)
     module = module if module is not None else ClassifierModule(RESNET, SGD, input_shape=[1, 8, 8])
     extra = [StopAfterEpoch(stop_after)] if stop_after else []
@@ -145,7 +145,8 @@ class OutputAt(L.Callback):
         net.eval()
         # the other blocks without their eval scaling: as the network runs once blocks are removed
         droppable = [n for n, m in net.named_modules() if "_layerdrop_eval_scale" in m.__dict__]
-        with torch.no_grad(), block_removal.skipping(net, self.skipped, self.shortcuts), block_removal.unscaled(net, droppable):
+        with (torch.no_grad(), block_removal.skipping(net, self.skipped, self.shortcuts),
+              block_removal.unscaled(net, droppable)):
             self.output = net(self.x)
         net.train()
 
@@ -335,8 +336,6 @@ def test_int8_without_a_removal_is_refused(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["layerdrop", "layerdrop+qat_int8"])
 def test_a_users_residual_module_drops_and_removes_its_own_blocks(recipe, tmp_path):
-    from tests.test_user_module import FRESH_PROCESS_ACCURACY
-
     techniques = [LayerDropping(p=0.3, prune_at=1, remove=2)]
     if recipe.endswith("qat_int8"):
         techniques.append(QuantizationAwareTraining(start=2))
@@ -354,7 +353,7 @@ def test_a_users_residual_module_drops_and_removes_its_own_blocks(recipe, tmp_pa
     export_compressed(trainer, path)
     applied = [e["transform"] for e in read_metadata(path)["transforms"]]
     assert applied == (["layer_drop"] if recipe == "layerdrop" else ["layer_drop", "int8_qat_prepare", "int8_convert"])
-    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS_ACCURACY, str(path)], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", USER_ARTIFACT_ACCURACY, str(path)], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert float(out.stdout.split()[1]) == pytest.approx(tested, abs=1e-6)

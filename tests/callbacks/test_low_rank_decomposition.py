@@ -14,10 +14,10 @@ from lightning_micro.callbacks import LowRankDecomposition
 from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
 from lightning_micro.run.instantiate import ConfigError
 from lightning_micro.run.training import train
-from tests.callbacks.ddp_transform_script import run_on_two_ranks
-from tests.callbacks.test_quantization_aware_training import _fresh_process_accuracy
-from tests.callbacks.test_tt_layer_swap import RecordAroundSwap, fit
-from tests.conftest import FAST, compose_cfg
+from tests.helpers.config import FAST, compose_cfg
+from tests.helpers.ddp import run_on_two_ranks
+from tests.helpers.fitting import RecordAroundSwap, fit
+from tests.helpers.fresh_process import fresh_process_accuracy
 
 SMALL_RESNET = ["model=resnet20", "model.net.blocks_per_stage=1"]
 
@@ -36,7 +36,7 @@ def test_run_swaps_convolutions_counts_fewer_conv_macs_and_reloads_in_a_fresh_pr
     swapped = [n for n, m in net.named_modules() if isinstance(m, kind)]
     assert swapped == [f"layer{s}.0.conv{c}" for s in (1, 2, 3) for c in (1, 2)]
     assert "layer2.0.conv1.weight" not in net.state_dict()  # the factors only
-    assert _fresh_process_accuracy(artifact) == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert fresh_process_accuracy(artifact) == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert report["macs/effective_conv"] < report["macs/dense_conv"]  # counted by running both networks
     assert report["lowrank/layer3.0.conv2/method"] == method
     assert report["lowrank/layer3.0.conv2/ratio"] > 1

@@ -4,8 +4,6 @@ pruning, runs under DDP, refuses bad input before training."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -20,30 +18,10 @@ from lightning_micro.report.measure import weight_tensors
 from lightning_micro.run.classifier import ClassifierModule
 from lightning_micro.run.instantiate import ConfigError
 from lightning_micro.run.training import train
-from tests.callbacks.ddp_transform_script import run_on_two_ranks
-from tests.callbacks.test_gradual_magnitude_pruning import StopAfterEpoch, trainer_for
-from tests.conftest import FAST, ROOT, compose_cfg
-
-NET = {"_target_": "lightning_micro.models.LeNet300", "input_shape": [1, 8, 8]}
-SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}
-COSINE = {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "_partial_": True, "T_max": 4}
-
-FRESH_PROCESS_ACCURACY = (
-    "import sys, torch\n"
-    "from lightning_micro.data import DigitsDataModule\n"
-    "from lightning_micro.artifact.format import load_compressed\n"
-    "net = load_compressed(sys.argv[1])\n"
-    "dm = DigitsDataModule(); dm.setup('test')\n"
-    "x, y = dm.test_set.tensors\n"
-    "with torch.no_grad(): print((net(x).argmax(1) == y).float().mean().item())\n"
-)
-
-
-def _fresh_process_accuracy(artifact: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS_ACCURACY, str(artifact)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return float(out.stdout)
+from tests.helpers.config import FAST, compose_cfg
+from tests.helpers.ddp import run_on_two_ranks
+from tests.helpers.fitting import COSINE, NET, SGD, StopAfterEpoch, trainer_for
+from tests.helpers.fresh_process import fresh_process_accuracy
 
 
 @pytest.mark.parametrize("overrides", [
@@ -60,7 +38,7 @@ def test_run_tests_the_converted_network_and_its_artifact_matches_in_a_fresh_pro
     assert [e["transform"] for e in meta["transforms"]][-1] in ("int8_convert", "weight_low_bit")
     assert metrics["test/acc"] > 0.8
     # trainer.test ran the converted network; the artifact, rebuilt in another process, scores the same.
-    assert _fresh_process_accuracy(artifact) == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert fresh_process_accuracy(artifact) == pytest.approx(metrics["test/acc"], abs=1e-6)
     bits = cfg.compression.qat.weight_bits
     assert report["quant/weight_bits"] == bits
     # fp32 weights are 4 bytes; codes take about bits/8 of that (plus scales, biases and the header).

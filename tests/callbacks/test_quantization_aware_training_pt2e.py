@@ -20,10 +20,10 @@ from lightning_micro.data import DigitsDataModule
 from lightning_micro.run.classifier import ClassifierModule
 from lightning_micro.run.instantiate import ConfigError
 from lightning_micro.run.training import train
-from tests.callbacks.test_gradual_magnitude_pruning import trainer_for
-from tests.callbacks.test_quantization_aware_training import COSINE, NET, SGD, _fresh_process_accuracy
-from tests.conftest import FAST, compose_cfg
-from tests.user_model import DigitsClassifier
+from tests.helpers.config import FAST, compose_cfg
+from tests.helpers.fitting import COSINE, NET, SGD, trainer_for
+from tests.helpers.fresh_process import fresh_process_accuracy
+from tests.helpers.user_modules import DigitsClassifier
 
 
 def _fit_and_export(tmp_path, callbacks, module=None, **trainer_args):
@@ -46,7 +46,7 @@ def test_run_with_pt2e_converts_and_its_artifact_scores_the_same_in_a_fresh_proc
     assert [e["transform"] for e in meta["transforms"]] == ["int8_qat_prepare", "int8_convert"]
     assert meta["transforms"][0]["args"]["backend"] == "pt2e"
     assert metrics["test/acc"] > 0.8
-    assert _fresh_process_accuracy(artifact) == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert fresh_process_accuracy(artifact) == pytest.approx(metrics["test/acc"], abs=1e-6)
 
 
 def test_pt2e_artifact_holds_int8_weights_and_reloads_with_the_same_outputs(tmp_path):

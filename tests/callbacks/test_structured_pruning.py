@@ -18,8 +18,9 @@ from lightning_micro.data import DigitsDataModule
 from lightning_micro.run.classifier import ClassifierModule
 from lightning_micro.run.instantiate import ConfigError
 from lightning_micro.run.training import train
-from tests.callbacks.ddp_transform_script import run_on_two_ranks
-from tests.conftest import FAST, compose_cfg
+from tests.helpers.config import FAST, compose_cfg
+from tests.helpers.ddp import run_on_two_ranks
+from tests.helpers.fitting import StopAfterEpoch
 
 RESNET = {"_target_": "lightning_micro.models.ResNet20", "input_shape": [1, 8, 8], "blocks_per_stage": 1,
           "widths": [8, 16, 16]}
@@ -53,8 +54,6 @@ class Probe(L.Callback):
 def fit(tmp_path: Path, technique: StructuredPruning, callbacks: list[L.Callback] = (), net: dict = RESNET,
         max_epochs: int = 3, ckpt_path: Path | None = None, stop_after: int | None = None
         ) -> tuple[L.Trainer, ClassifierModule]:
-    from tests.callbacks.test_gradual_magnitude_pruning import StopAfterEpoch
-
     L.seed_everything(0)
     module = ClassifierModule(net, SGD, input_shape=[1, 8, 8])
     extra = [StopAfterEpoch(stop_after)] if stop_after else []

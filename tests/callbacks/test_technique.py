@@ -12,7 +12,7 @@ from lightning_micro.core.schedules import step_of
 from lightning_micro.core.tensor_train import TTLinear
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.run.classifier import ClassifierModule
-from tests.callbacks.test_composition import NET, SGD
+from tests.helpers.small_conv_net import NET, SGD
 
 
 @pytest.mark.parametrize(("value", "expected"), [(2, 2), (0.5, 0.5), ("step:7", "step:7"), ("step:007", "step:7")])

@@ -4,12 +4,10 @@ exports cores that reload in a fresh process, runs under DDP, refuses bad input 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_micro.artifact.format import load_compressed, read_metadata
 from lightning_micro.callbacks import TTLayerSwap
@@ -18,23 +16,10 @@ from lightning_micro.data import DigitsDataModule
 from lightning_micro.run.classifier import ClassifierModule
 from lightning_micro.run.instantiate import ConfigError
 from lightning_micro.run.training import train
-from tests.callbacks.ddp_transform_script import run_on_two_ranks
-from tests.callbacks.test_gradual_magnitude_pruning import StopAfterEpoch, trainer_for
-from tests.callbacks.test_quantization_aware_training import COSINE, NET, SGD, _fresh_process_accuracy
-from tests.conftest import FAST, compose_cfg
-
-
-def fit(tmp_path: Path, technique: L.Callback, stop_after: int | None = None, ckpt_path: Path | None = None,
-        callbacks=(), max_epochs: int = 4) -> ClassifierModule:
-    """LeNet-300-100 on the bundled digits, seeded, checkpointing every epoch into ``tmp_path``."""
-    L.seed_everything(0)
-    module = ClassifierModule(NET, SGD, COSINE, input_shape=[1, 8, 8])
-    extra = [ModelCheckpoint(dirpath=tmp_path, save_last=True), *callbacks]
-    if stop_after is not None:
-        extra.append(StopAfterEpoch(stop_after))
-    trainer_for(tmp_path, [technique, *extra], max_epochs=max_epochs).fit(
-        module, DigitsDataModule(batch_size=64), ckpt_path=ckpt_path)
-    return module
+from tests.helpers.config import FAST, compose_cfg
+from tests.helpers.ddp import run_on_two_ranks
+from tests.helpers.fitting import NET, SGD, RecordAroundSwap, fit, trainer_for
+from tests.helpers.fresh_process import fresh_process_accuracy
 
 
 def test_run_swaps_reports_ranks_and_exports_cores_that_reload_in_a_fresh_process(tmp_path):
@@ -49,30 +34,11 @@ def test_run_swaps_reports_ranks_and_exports_cores_that_reload_in_a_fresh_proces
     keys = set(net.state_dict())
     assert {f"fc1.cores.{k}" for k in range(4)} <= keys and "fc1.weight" not in keys  # cores only
     assert metrics["test/acc"] > 0.8
-    assert _fresh_process_accuracy(artifact) == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert fresh_process_accuracy(artifact) == pytest.approx(metrics["test/acc"], abs=1e-6)
     cores = sum(c.numel() for c in net.fc1.cores)
     assert report["tt/fc1/ranks"] == "1-8-8-8-1"
     assert report["tt/fc1/params"] == cores + 300 and report["tt/fc1/dense_params"] == 64 * 300 + 300
     assert report["params/total"] == cores + 300 + (300 * 100 + 100) + (100 * 10 + 10)
-
-
-class RecordAroundSwap(L.Callback):
-    """Outputs on fixed inputs at the end of each training epoch and at the start of the next (after the swap)."""
-
-    def __init__(self) -> None:
-        self.x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-        self.outputs: dict[str, torch.Tensor] = {}
-
-    def _record(self, key: str, pl_module) -> None:
-        with torch.no_grad():
-            self.outputs[key] = pl_module(self.x).clone()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self._record(f"end{trainer.current_epoch}", pl_module)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 0:
-            self._record(f"start{trainer.current_epoch}", pl_module)
 
 
 def test_swap_at_full_rank_keeps_the_trained_function_and_training_goes_on(tmp_path):

@@ -12,7 +12,7 @@ from lightning_micro.core import block_removal
 from lightning_micro.models import LeNet300
 from lightning_micro.models.mobilenet_v2 import InvertedResidual, MobileNetV2
 from lightning_micro.models.resnet import ResNet20
-from tests.user_model import ResidualStack
+from tests.helpers.user_nets import ResidualStack
 
 X8 = torch.randn(2, 1, 8, 8)
 X28 = torch.randn(2, 1, 28, 28)

@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_micro.core import channels
 from lightning_micro.models import LeNet5, MobileNet, ResNet20
-from tests.user_model import ResidualDepthwiseNet
+from tests.helpers.user_nets import ResidualDepthwiseNet
 
 NETS = {
     "lenet5": (lambda: LeNet5([1, 28, 28]), (1, 28, 28)),

@@ -19,7 +19,7 @@ from lightning_micro.data import (
     FashionMNISTDataModule,
     MNISTDataModule,
 )
-from tests.conftest import mnist_dir
+from tests.helpers.config import mnist_dir
 
 
 def test_digits_splits_are_disjoint_and_fixed():

@@ -32,7 +32,7 @@ from lightning_micro.data import (
     MNISTDataModule,
 )
 from lightning_micro.data.torchvision_sets import idx_problem, unpack_cache_for
-from tests.conftest import mnist_dir
+from tests.helpers.config import mnist_dir
 
 MNIST_GZ = tuple(name for name, _ in torchvision.datasets.MNIST.resources)
 

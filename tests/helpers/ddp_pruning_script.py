@@ -1,6 +1,6 @@
 """Run by test_gradual_magnitude_pruning: a 2-process DDP fit (gloo) that saves each rank's masks.
 
-    python tests/callbacks/ddp_pruning_script.py OUT_DIR
+    python tests/helpers/ddp_pruning_script.py OUT_DIR
 """
 
 import sys

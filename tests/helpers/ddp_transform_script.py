@@ -1,11 +1,10 @@
 """Run by the tests of techniques that change the network mid-fit: a 2-process DDP fit (gloo) whose technique
 transforms the network after the first epoch (the DDP wrapper is rebuilt), saving each rank's weights at the end
-of training (before QAT converts the network).
+of training (before QAT converts the network). Started by ``tests.helpers.ddp.run_on_two_ranks``.
 
-    python tests/callbacks/ddp_transform_script.py OUT_DIR qat|tt|lowrank|tt_gmp|structured|layerdrop
+    python tests/helpers/ddp_transform_script.py OUT_DIR qat|tt|lowrank|tt_gmp|structured|layerdrop
 """
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,20 +41,6 @@ class SaveWeightsPerRank(L.Callback):
         weights = {n: p.detach().clone() for n, p in pl_module.net.named_parameters()}
         torch.save({"weights": weights, "transforms": [e["transform"] for e in pl_module.transforms],
                     "factors": self.factors}, self.out / f"rank{trainer.global_rank}.pt")
-
-
-def run_on_two_ranks(out: Path, technique: str) -> dict:
-    """Run this script for ``technique``; check both ranks ended with the same record and identical weights, and
-    return rank 0's ``{"weights", "transforms"}``."""
-    done = subprocess.run([sys.executable, __file__, str(out), technique], cwd=Path(__file__).parents[2],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rank0, rank1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
-    assert rank0["transforms"] == rank1["transforms"]
-    assert rank0["weights"].keys() == rank1["weights"].keys() and rank0["weights"]
-    for name, value in rank0["weights"].items():
-        assert torch.equal(value, rank1["weights"][name]), name
-    return rank0
 
 
 TECHNIQUES = {

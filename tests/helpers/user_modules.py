@@ -1,36 +1,17 @@
 """A LightningModule as a user writes one (not from the zoo): its own network with a residual block and a
 depthwise convolution, its own training_step and optimizer; the one line of the compression contract is
-``CompressionMixin`` among its bases (plus ``compressed_net_name``, since int8 replaces the network)."""
+``CompressionMixin`` among its bases (plus ``compressed_net_name``, since int8 replaces the network). Its
+networks are in user_nets.py."""
 
 from __future__ import annotations
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_micro import CompressionMixin
-
-
-class ResidualDepthwiseNet(nn.Module):
-    """stem conv-bn-relu, a residual block of depthwise 3x3 and pointwise 1x1 convolutions, two linear layers."""
-
-    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.depthwise = nn.Conv2d(width, width, 3, padding=1, groups=width, bias=False)
-        self.pointwise = nn.Conv2d(width, width, 1)
-        self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(width * 16, 64)
-        self.fc2 = nn.Linear(64, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        x = self.relu(x + self.pointwise(self.relu(self.depthwise(x))))  # the residual addition
-        x = self.pool(x)
-        return self.fc2(self.relu(self.fc1(torch.flatten(x, 1))))
+from tests.helpers.user_nets import ResidualDepthwiseNet, ResidualStack
 
 
 class DigitsClassifier(CompressionMixin, L.LightningModule):
@@ -64,7 +45,7 @@ class FactoryNamed(DigitsClassifier):
     """Names the factory of its network instead of being rebuilt whole."""
 
     def compressed_net_spec(self):
-        return {"_target_": "tests.user_model.ResidualDepthwiseNet", "width": self.hparams.width}, ""
+        return {"_target_": "tests.helpers.user_nets.ResidualDepthwiseNet", "width": self.hparams.width}, ""
 
 
 class PlainClassifier(L.LightningModule):
@@ -91,30 +72,6 @@ class UnsavedArguments(CompressionMixin, PlainClassifier):
     def __init__(self, width: int) -> None:
         super().__init__()
         self.backbone = ResidualDepthwiseNet(width)
-
-
-class ResidualBlock(nn.Module):
-    """A user's pre-activation residual block: ``x + body(x)``."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1, bias=False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
-class ResidualStack(nn.Module):
-    """A stem convolution, ``depth`` residual blocks, pooling to 4x4 and a linear classifier."""
-
-    def __init__(self, width: int = 16, depth: int = 4, num_classes: int = 10) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(1, width, 3, padding=1)
-        self.blocks = nn.Sequential(*(ResidualBlock(width) for _ in range(depth)))
-        self.head = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(width * 16, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)))
 
 
 class ResidualStackClassifier(DigitsClassifier):

@@ -10,7 +10,7 @@ import torch
 from lightning_micro.models import LeNet5, LeNet300, MobileNet, MobileNetV2, ResNet20
 from lightning_micro.run.instantiate import ConfigError, instantiate
 from lightning_micro.run.training import train
-from tests.conftest import FAST, compose_cfg, mnist_dir
+from tests.helpers.config import FAST, compose_cfg, mnist_dir
 
 
 def n_params(net):

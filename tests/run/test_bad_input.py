@@ -18,9 +18,8 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from tests.conftest import mnist_dir
+from tests.helpers.config import FAST, ROOT, compose_cfg, mnist_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 SPEC = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
 train_script = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(train_script)
@@ -155,7 +154,6 @@ def test_a_config_hydra_cannot_compose_gets_hydras_short_message(overrides, key,
 def gmp_checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint of a short GMP run (compression=[gmp])."""
     from lightning_micro.run.training import train
-    from tests.conftest import FAST, compose_cfg
 
     out = tmp_path_factory.mktemp("gmp_run")
     train(compose_cfg([*FAST, "compression=[gmp]", "debug=limit", "trainer.max_epochs=1"], out))

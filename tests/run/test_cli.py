@@ -7,14 +7,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import run_cli
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.cli import run_cli
+from tests.helpers.config import ROOT, mnist_dir
 
 QUICK = ["debug=fdr", "~callbacks.rich_progress_bar", "report.latency_min_run_time=0.01",
          "report.latency_batch_sizes=[1]"]
@@ -93,8 +91,6 @@ def test_six_runs_started_together_on_one_fresh_data_folder_all_succeed(tmp_path
     import shutil
     import subprocess
     import sys
-
-    from tests.conftest import ROOT, mnist_dir
 
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)

@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from lightning_micro.run.classifier import ClassifierModule
 from lightning_micro.run.instantiate import ConfigError, instantiate, instantiate_each
-from tests.conftest import CONF, compose_cfg, mnist_dir
+from tests.helpers.config import CONF, compose_cfg, mnist_dir
 
 
 def options(group: str) -> list[str]:

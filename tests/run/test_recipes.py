@@ -6,7 +6,6 @@ Recipes give their schedules as fractions of the run, so that any length keeps t
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +13,9 @@ import yaml
 
 from lightning_micro.artifact.format import load_compressed
 from lightning_micro.run.training import train
-from tests.conftest import compose_cfg, mnist_dir, run_cli
+from tests.helpers.cli import run_cli
+from tests.helpers.config import CONF, compose_cfg, mnist_dir
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
 RECIPES = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 QUICK = ["trainer.max_epochs=1", "debug=limit"]
 QUIET = ["logger=csv", "~callbacks.rich_progress_bar", "report.latency_min_run_time=0.01",

@@ -16,8 +16,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning_micro.callbacks import DivergenceGuard, GradualMagnitudePruning, QuantizationAwareTraining
 from lightning_micro.run.failures import TrainingDiverged
 from lightning_micro.run.training import train
-from tests.conftest import FAST, ROOT, compose_cfg
-from tests.user_model import DigitsClassifier
+from tests.helpers.config import FAST, ROOT, compose_cfg
+from tests.helpers.user_modules import DigitsClassifier
 
 
 class PoisonAt(Callback):
@@ -35,7 +35,7 @@ class PoisonAt(Callback):
 def test_a_nan_loss_stops_the_run_at_its_step_keeps_the_last_good_checkpoint_and_exports_nothing(tmp_path):
     # debug=limit: 5 steps per epoch; the weights turn NaN after step 7, so the loss of step 8 is NaN.
     cfg = compose_cfg([*FAST, "debug=limit", "trainer.max_epochs=3", "+callbacks.poison._target_="
-                       "tests.test_run_safety.PoisonAt", "+callbacks.poison.step=7"], tmp_path)
+                       f"{__name__}.PoisonAt", "+callbacks.poison.step=7"], tmp_path)
     with pytest.raises(TrainingDiverged, match=r"^training diverged: the training loss is nan at step 8 \(epoch 1, "
                                                r"batch 2\)\. Nothing was exported; the last checkpoint before it is "
                                                r"kept: .*last\.ckpt\."):

@@ -13,7 +13,8 @@ from lightning_micro.data import DatasetNotFoundError
 from lightning_micro.run.classifier import ClassifierModule
 from lightning_micro.run.instantiate import ConfigError
 from lightning_micro.run.training import train
-from tests.conftest import FAST, compose_cfg, wandb_run_records
+from tests.helpers.config import FAST, compose_cfg
+from tests.helpers.wandb_files import wandb_run_records
 
 
 def test_default_run_leaves_report_artifact_wandb_files_and_checkpoint(tmp_path):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from lightning_micro.tools.pareto import gather, main, pareto_front, plot
-from tests.conftest import FAST, wandb_run_records
+from tests.helpers.config import FAST, ROOT
+from tests.helpers.wandb_files import wandb_run_records
 
-ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

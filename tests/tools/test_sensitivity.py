@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from lightning_micro.callbacks import GradualMagnitudePruning
 from lightning_micro.tools.sensitivity import allocate, main
-from tests.conftest import FAST, wandb_run_records
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.config import FAST, ROOT
+from tests.helpers.wandb_files import wandb_run_records
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
