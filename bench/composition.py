@@ -36,7 +36,7 @@ CONFIGS = {
     "lenet300_dense": ["experiment=baseline_lenet300_mnist"],
     "lenet300_tt_4bit": ["experiment=tt_4bit_lenet300"],
     # run after the recipe (fixed beforehand: fc1 only, as in tt_lenet300) missed the size bar, to see whether TT
-    # on fc2 as well buys the size back at acceptable accuracy (it did not; README)
+    # on fc2 as well buys the size back at acceptable accuracy (it did not; docs/results.md)
     "lenet300_tt_4bit_fc12_r30": ["experiment=tt_4bit_lenet300", "compression.tt.include=[fc1,fc2]",
                                   "compression.tt.compression_ratio=30"],
     "lenet300_tt_4bit_fc12_r20": ["experiment=tt_4bit_lenet300", "compression.tt.include=[fc1,fc2]",

@@ -15,7 +15,7 @@ For each recipe in conf/experiment (and ``qat_int8_lenet5`` once more with ``com
    batch 1 and 64, measured in alternation (median over ``--rounds`` rounds of torch.utils.benchmark medians), and
    the integer kernels in ONNX Runtime's optimized graph.
 
-Writes bench/results/onnx.json; ``python bench/table.py --onnx`` renders it as RESULTS.md's table.
+Writes bench/results/onnx.json; ``python bench/table.py --readme`` renders it into docs/results.md's table.
 """
 
 from __future__ import annotations

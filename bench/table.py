@@ -1,6 +1,6 @@
-"""The results rows from bench/results/*.json: ``python bench/table.py`` prints them all (RESULTS.md's tables);
-``python bench/table.py --readme`` rewrites README's table against the papers in place (a test checks that it
-matches)."""
+"""The results rows from bench/results/*.json: ``python bench/table.py`` prints them all;
+``python bench/table.py --readme`` rewrites, in place, README's table against the papers and the tables of
+docs/results.md that lie between markers (tests/test_readme.py checks that both files match what this renders)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import json
 import re
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+RESULTS_PAGE = ROOT / "docs" / "results.md"
 
 
 def load(name: str) -> dict | None:
@@ -278,27 +281,82 @@ def onnx_table() -> str:
     return "\n".join(onnx_rows(payload)) if payload else "(not measured yet: python bench/export_onnx.py)"
 
 
-def _replace_block(readme: str, markers: tuple[str, str], table: str) -> str:
+# docs/results.md's tables rendered from one or more JSON files: marker name -> (header, [(JSON file, rows)])
+DOCS_TABLES = {
+    "baselines": (
+        ("| recipe (`python train.py experiment=...`) | test acc | params | MACs / image | artifact bytes | "
+         "latency b1 / b64 (ms, 1 thread) |", "|---|---|---|---|---|---|"),
+        [("baselines.json", baseline_rows)]),
+    "gmp_accuracy": (
+        ("| run | overrides | zeros | test acc, mean (per seed) | vs dense (pp) | artifact |",
+         "|---|---|---|---|---|---|"),
+        [("gmp_accuracy_lenet300.json", gmp_rows), ("gmp_accuracy_lenet5.json", gmp_rows)]),
+    "gmp_overhead": (
+        ("| callback | median ratio | interquartile range | min - max | reps |", "|---|---|---|---|---|"),
+        [("gmp_overhead.json", overhead_rows)]),
+    "qat_accuracy": (
+        ("| run | overrides | test acc | vs fp32 (pp) | test error | artifact bytes | bytes vs fp32 | "
+         "report speedup b64 |", "|---|---|---|---|---|---|---|---|"),
+        [("qat_accuracy.json", qat_rows)]),
+    "qat_speed": (
+        ("| model | fp32 ms | fp32 fastest ms | torch.ao direct ms | ours ms | ours vs fp32 | direct vs fp32 | "
+         "ours / direct (time) | ours vs fp32 fastest | bytes vs fp32 |", "|---|---|---|---|---|---|---|---|---|---|"),
+        [("qat_speed.json", qat_speed_rows)]),
+    "decomposition_accuracy": (
+        ("| recipe | overrides | test acc | vs dense (pp) | swapped layer | params | conv MACs / image | artifact | "
+         "speedup b1 / b64 |", "|---|---|---|---|---|---|---|---|---|"),
+        [("decomposition_accuracy.json", decomposition_rows)]),
+    "decomposition_speed": (
+        ("| layer | batch | params (TT vs dense) | dense ms | tt ms | contract ms | rebuild ms | "
+         "TensorLy-Torch blocktt factorized / reconstructed ms | tt speedup | MACs fewer |",
+         "|---|---|---|---|---|---|---|---|---|---|"),
+        [("decomposition_speed.json", decomposition_speed_rows)]),
+    "composition": (
+        ("| run | overrides | test acc | vs dense (pp) | artifact bytes (smaller) | conv MACs fewer | speed-up b64 | "
+         "bars |", "|---|---|---|---|---|---|---|---|"),
+        [("composition.json", composition_rows)]),
+    "composition_seeds": (
+        ("| run | overrides | test acc | vs dense (pp) | artifact bytes (smaller) | conv MACs fewer | speed-up b64 | "
+         "bars |", "|---|---|---|---|---|---|---|---|"),
+        [("composition_seeds.json", composition_rows)]),
+}
+
+
+def table_markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start (python bench/table.py --readme) -->", f"<!-- {name}:end -->"
+
+
+def docs_table(name: str) -> str:
+    header, sources = DOCS_TABLES[name]
+    rows = [row for file, render in sources if (payload := load(file)) for row in render(payload)]
+    return "\n".join([*header, *rows]) if rows else f"(not measured yet: no {sources[0][0]})"
+
+
+def _replace_block(text: str, markers: tuple[str, str], table: str) -> str:
     start, end = markers
-    if start not in readme:
-        return readme
-    head, rest = readme.split(start, 1)
+    if start not in text:
+        return text
+    head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{table}\n{end}{tail}"
 
 
-def readme_with_tables(readme: str) -> str:
-    """``readme`` with the blocks between the markers replaced by the current tables (against the papers; ONNX)."""
-    return _replace_block(_replace_block(readme, README_MARKERS, papers_table()), ONNX_MARKERS, onnx_table())
+def with_tables(text: str) -> str:
+    """``text`` (README.md or docs/results.md) with every block between markers replaced by the current table:
+    against the papers, ONNX Runtime, and each of :data:`DOCS_TABLES`."""
+    text = _replace_block(_replace_block(text, README_MARKERS, papers_table()), ONNX_MARKERS, onnx_table())
+    for name in DOCS_TABLES:
+        text = _replace_block(text, table_markers(name), docs_table(name))
+    return text
 
 
 if __name__ == "__main__":
     import sys
 
     if "--readme" in sys.argv:
-        path = Path(__file__).resolve().parent.parent / "README.md"
-        path.write_text(readme_with_tables(path.read_text()))
-        print(f"wrote the tables against the papers and of ONNX Runtime into {path}")
+        for path in (README, RESULTS_PAGE):
+            path.write_text(with_tables(path.read_text()))
+            print(f"wrote the current tables into {path.relative_to(ROOT)}")
         raise SystemExit(0)
     print("\nagainst the papers:\n" + papers_table())
     for title, name, render in (("baselines", "baselines.json", baseline_rows),

@@ -1,9 +1,13 @@
-"""README.md against what it describes: its Python snippet runs as written, its configuration reference names every
-group option and technique key of conf/, its links to its own sections resolve, and its table against the papers
-is what bench/table.py renders from bench/results/."""
+"""README.md and the docs site (docs/) against what they describe: README's Python snippet runs as written; the
+configuration page names every option of every group of conf/; each technique's page renders the class that its
+conf/compression YAML names, and that class's docstring has an argument for every key of the YAML node; the report
+page names every report setting; links between README and the pages, and to their sections, resolve; and the
+results tables are what bench/table.py renders from bench/results/."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 import subprocess
 import sys
@@ -13,7 +17,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
 CONF = ROOT / "conf"
+PAGES = sorted(DOCS.rglob("*.md"))
+
+
+def page(name: str) -> str:
+    return (DOCS / name).read_text()
 
 
 def snippet(name: str) -> str:
@@ -35,7 +45,7 @@ def test_the_python_snippet_runs_as_written(tmp_path):
 
 
 def group_row(group: str) -> str:
-    (row,) = [line for line in README.splitlines() if line.startswith(f"| `{group}` |")]
+    (row,) = [line for line in page("configuration.md").splitlines() if line.startswith(f"| `{group}` |")]
     return row
 
 
@@ -44,32 +54,78 @@ def test_the_configuration_table_names_every_option_of_every_group():
     for group in groups:
         row = group_row(group)
         for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
-            assert f"`{option}`" in row, f"README's configuration table lacks {group}={option}"
+            assert f"`{option}`" in row, f"docs/configuration.md's table lacks {group}={option}"
 
 
-def test_every_technique_key_is_in_its_section_table():
+def docstring_arguments(target: str) -> set[str]:
+    """The names under ``Args:`` in the docstring of the class ``target`` (a dotted path), as the docs render it."""
+    module, _, name = target.rpartition(".")
+    doc = inspect.getdoc(getattr(importlib.import_module(module), name)) or ""
+    match = re.search(r"^Args:\n(.*?)(?=^\S|\Z)", doc, re.S | re.M)
+    assert match, f"{target}'s docstring has no Args: section"
+    return set(re.findall(r"^    \**(\w+)\s*(?:\([^)]*\))?:", match.group(1), re.M))
+
+
+def test_every_technique_key_is_an_argument_on_its_page():
     for path in sorted((CONF / "compression").glob("*.yaml")):
         (name, node), = yaml.safe_load(path.read_text()).items()
-        header = next((i for i, line in enumerate(README.splitlines())
-                       if line.startswith("| `compression.") and f"compression.{name}.*" in line), None)
-        assert header is not None, f"README has no table of compression.{name}.*"
-        table = []
-        for line in README.splitlines()[header + 2:]:
-            if not line.startswith("|"):
-                break
-            table.append(line.split("|")[1])
-        named = set(re.findall(r"`([a-z_0-9]+)`", " ".join(table)))
+        target = node["_target_"]
+        pages = [p for p in (DOCS / "techniques").glob("*.md") if re.search(rf"^::: {re.escape(target)}$",
+                                                                            p.read_text(), re.M)]
+        assert len(pages) == 1, f"no page of docs/techniques/ (or more than one) renders {target} ({name})"
+        text = pages[0].read_text()
+        assert f'--8<-- "conf/compression/{path.name}"' in text, f"{pages[0].name} does not show {path.name}"
+        named = docstring_arguments(target)
         missing = [key for key in node if key != "_target_" and key not in named]
-        assert not missing, f"README's compression.{name}.* table lacks {missing}"
+        assert not missing, f"{target}'s docstring (rendered on {pages[0].name}) has no argument {missing}"
 
 
-def test_links_to_sections_resolve():
-    def anchor(title: str) -> str:
-        return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+def test_the_report_page_names_every_report_setting():
+    settings = yaml.safe_load((CONF / "train.yaml").read_text())["report"]
+    missing = [key for key in settings if f"`report.{key}`" not in page("report.md")]
+    assert not missing, f"docs/report.md does not name report.{missing}"
 
-    anchors = {anchor(line.lstrip("#").strip()) for line in README.splitlines() if line.startswith("#")}
-    for target in re.findall(r"\]\(#([^)]+)\)", README):
-        assert target in anchors, f"README links to #{target}, which no heading makes"
+
+def github_anchor(title: str) -> str:
+    return re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(" ", "-")
+
+
+def mkdocs_anchor(title: str) -> str:
+    """Python-Markdown's toc slug, which the site uses."""
+    text = re.sub(r"[^\w\s-]", "", title).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def without_code(text: str) -> str:
+    return re.sub(r"`[^`\n]*`", "", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+
+
+def anchors(path: Path) -> set[str]:
+    """The sections a link may name: headings whose slug is the same on GitHub and on the site."""
+    titles = [re.sub(r"`", "", line.lstrip("#").strip()) for line in without_code_blocks(path).splitlines()
+              if re.match(r"#{1,6} ", line)]
+    return {github_anchor(t) for t in titles} & {mkdocs_anchor(t) for t in titles}
+
+
+def without_code_blocks(path: Path) -> str:
+    return re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+
+
+def test_links_resolve():
+    """Every relative link of README and of each docs page names a file that exists and, after a #, one of its
+    headings; a page links only inside docs/ (the site holds nothing else)."""
+    bad = []
+    for source in [ROOT / "README.md", *PAGES]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", without_code(source.read_text())):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            path = (source.parent / file).resolve() if file else source
+            if not path.exists() or (source != ROOT / "README.md" and DOCS not in path.parents):
+                bad.append(f"{source.relative_to(ROOT)} -> {target}: no such file in reach")
+            elif anchor and anchor not in anchors(path):
+                bad.append(f"{source.relative_to(ROOT)} -> {target}: no such heading")
+    assert not bad, "\n".join(bad)
 
 
 def test_the_results_tables_are_what_bench_renders():
@@ -78,5 +134,9 @@ def test_the_results_tables_are_what_bench_renders():
         import table
     finally:
         sys.path.remove(str(ROOT / "bench"))
-    assert table.readme_with_tables(README) == README, "run python bench/table.py --readme"
-    assert table.ONNX_MARKERS[0] in README and table.README_MARKERS[0] in README
+    results = page("results.md")
+    assert table.with_tables(README) == README, "run python bench/table.py --readme"
+    assert table.with_tables(results) == results, "run python bench/table.py --readme"
+    assert table.README_MARKERS[0] in README and table.ONNX_MARKERS[0] in results
+    missing = [name for name in table.DOCS_TABLES if table.table_markers(name)[0] not in results]
+    assert not missing, f"docs/results.md lacks the tables {missing}"

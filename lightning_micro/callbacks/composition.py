@@ -145,7 +145,8 @@ RULES: tuple[Rule, ...] = (
     Rule("layer_dropping", "layer_dropping", _once(
         "one LayerDropping per run: it covers every droppable block; use `blocks` and `exclude` to choose them"),
         "one per run"),
-    Rule("layer_dropping", "quantization", _skipping_before_int8, "int8: blocks removed (prune_at) before QAT's start"),
+    Rule("layer_dropping", "quantization", _skipping_before_int8,
+         "int8: prune_at set (a traced graph cannot skip blocks to the end of the run)"),
     Rule("layer_dropping", "channel_pruning", _changed_before_block_removal,
          "channels removed before the blocks (remove_at <= prune_at)"),
     Rule("layer_dropping", "layer_swap", _changed_before_block_removal,
