@@ -10,7 +10,7 @@ import yaml
 from torch import nn
 
 from lightning_micro.core.schedules import STEP_PREFIX
-from lightning_micro.core.selection import check_pattern, is_of_type, name_matches
+from lightning_micro.core.selection import check_pattern, is_of_type, name_matches, read_by_parent
 
 
 def check_fraction(name: str, value: Any, upper_open: bool = True) -> float:
@@ -83,7 +83,9 @@ def select_layers(net: nn.Module, include: Sequence[str], exclude: Sequence[str]
             those types, or a selection left empty; the message names the argument and lists the candidates.
     """
     modules = {n: m for n, m in net.named_modules() if n}
-    candidates = [n for n, m in modules.items() if is_of_type(m, module_types) and (takes is None or takes(m))]
+    typed = [n for n, m in modules.items() if is_of_type(m, module_types) and (takes is None or takes(m))]
+    left_out = {n: reason for n in typed if (reason := read_by_parent(net, n)) is not None}
+    candidates = [n for n in typed if n not in left_out]
     if not candidates:
         raise ValueError(f"{type(net).__name__} has no layer of the types {what} works on ({list(module_types)})")
     for arg, patterns in (("include", include), ("exclude", exclude)):
@@ -93,6 +95,10 @@ def select_layers(net: nn.Module, include: Sequence[str], exclude: Sequence[str]
                 raise ValueError(f"{arg}: pattern {pattern!r} matches no layer; {what} can take: "
                                  f"{', '.join(candidates)}")
             if arg == "include" and not any(n in candidates for n in matched):
+                unusable = [n for n in matched if n in left_out]
+                if unusable:
+                    raise ValueError(f"include: pattern {pattern!r} matches {unusable[0]}, which {what} cannot take: "
+                                     f"{left_out[unusable[0]]}; exclude it (it can take: {', '.join(candidates)})")
                 types = sorted({type(modules[n]).__name__ for n in matched})
                 raise ValueError(f"include: pattern {pattern!r} matches {matched[:5]} of type {types}, which {what} "
                                  f"does not take (module_types {list(module_types)}); it can take: "
@@ -102,6 +108,21 @@ def select_layers(net: nn.Module, include: Sequence[str], exclude: Sequence[str]
     if not chosen:
         raise ValueError(f"include {list(include)} minus exclude {list(exclude)} leaves no layer for {what}")
     return chosen
+
+
+def left_out_layers(net: nn.Module, include: Sequence[str], exclude: Sequence[str], module_types: Sequence[str],
+                    takes: Callable[[nn.Module], bool] | None = None) -> dict[str, str]:
+    """The layers :func:`select_layers` leaves out of a selection although they match it, with the reason for
+    each (their parent reads their weight directly): the techniques name them in the log and the report."""
+    return {name: reason for name, module in net.named_modules() if name
+            and is_of_type(module, module_types) and (takes is None or takes(module))
+            and any(name_matches(name, p) for p in include) and not any(name_matches(name, p) for p in exclude)
+            and (reason := read_by_parent(net, name)) is not None}
+
+
+def left_out_line(left_out: Mapping[str, str]) -> str:
+    """``; left out: out_proj (its parent ...)`` for a log line, or nothing."""
+    return "".join(f"; left out {name}: {reason}" for name, reason in left_out.items())
 
 
 def read_overrides(value: Any) -> dict[str, Any]:

@@ -19,10 +19,21 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.argument_checks import check_patterns, check_when, select_layers
+from lightning_micro.callbacks.argument_checks import (
+    check_patterns,
+    check_when,
+    left_out_layers,
+    left_out_line,
+    select_layers,
+)
 from lightning_micro.callbacks.structure_change import change_structure
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.schedules import is_run_start
+
+
+class LayerLeftDense(ValueError):
+    """A selected layer would gain nothing from the swap at these arguments (a ratio out of its reach): a layer a
+    wildcard selected is left dense and named; one an include pattern names exactly is refused."""
 
 
 class LayerSwap(CompressionTechnique):
@@ -54,6 +65,7 @@ class LayerSwap(CompressionTechnique):
             raise ValueError(f"module_types must be a non-empty list of {list(allowed_types)}, got {module_types!r}")
         self.module_types = types
         self.layers: list[str] = []  # resolved by check_model
+        self.left_out: dict[str, str] = {}  # matched by the patterns, left out (their parent reads their weight)
 
     def takes(self, layer: nn.Module) -> bool:
         """Whether a layer of one of ``module_types`` can be swapped at all (a wildcard skips the others)."""
@@ -69,9 +81,25 @@ class LayerSwap(CompressionTechnique):
     @override
     def check_model(self, net: nn.Module, example_input: torch.Tensor | None = None) -> None:
         """Resolve the layers to swap and check that every one of them can be swapped as configured."""
-        self.layers = select_layers(net, self.include, self.exclude, self.module_types, self.technique, self.takes)
-        for name in self.layers:
-            self.layer_spec(name, net.get_submodule(name))
+        selected = select_layers(net, self.include, self.exclude, self.module_types, self.technique, self.takes)
+        self.left_out = left_out_layers(net, self.include, self.exclude, self.module_types, self.takes)
+        self.layers = []
+        for name in selected:
+            try:
+                self.layer_spec(name, net.get_submodule(name))
+            except LayerLeftDense as err:
+                if name in self.include:  # asked for by name: the user wants to hear why not
+                    raise
+                self.left_out[name] = str(err)
+                continue
+            self.layers.append(name)
+        if not self.layers:
+            raise ValueError(f"{self.technique}: no selected layer can be swapped: "
+                             + "; ".join(self.left_out[name] for name in selected))
+
+    def left_out_fields(self, prefix: str) -> dict[str, int | float | str]:
+        """The report's ``<prefix>/left_out``: the layers the patterns matched that could not be swapped."""
+        return {f"{prefix}/left_out": ", ".join(self.left_out)} if self.left_out else {}
 
     def _specs(self, net: nn.Module) -> list[dict[str, Any]]:
         return [{"name": name, **self.layer_spec(name, net.get_submodule(name))} for name in self.layers]
@@ -94,7 +122,7 @@ class LayerSwap(CompressionTechnique):
             change_structure(trainer, pl_module, self.transform, during_fit=False,
                              layers=self._specs(self.net_of(pl_module)))
         rank_zero_info(f"{self.technique}: {len(self.layers)} layers ({', '.join(self.layers)}) swapped at "
-                       f"{self.swap_at!r}")
+                       f"{self.swap_at!r}{left_out_line(self.left_out)}")
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

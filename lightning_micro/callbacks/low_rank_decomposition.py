@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from lightning_micro.callbacks.argument_checks import check_ratio
-from lightning_micro.callbacks.layer_swap import LayerSwap
+from lightning_micro.callbacks.layer_swap import LayerLeftDense, LayerSwap
 from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
 
 CONV_METHODS = ("tucker2", "cp")
@@ -40,9 +40,12 @@ class LowRankDecomposition(LayerSwap):
         exclude: layer name patterns left alone.
         module_types: ``Linear`` and/or ``Conv2d``.
 
+    A layer a wildcard selects whose ``compression_ratio`` is out of reach (a 1-channel stem, a tiny head) is left
+    dense, and named in the log and in the report's ``lowrank/left_out``.
+
     Raises:
-        ValueError: an argument outside its allowed values; at ``check_model``, a pattern matching no layer or a
-            rank larger than a layer allows.
+        ValueError: an argument outside its allowed values; at ``check_model``, a pattern matching no layer, a
+            rank larger than a layer allows, or a ratio out of reach of a layer ``include`` names exactly.
 
     Example:
         >>> lowrank = LowRankDecomposition(swap_at=10, conv_method="tucker2", rank=[16, 8], include=["conv2"])
@@ -97,7 +100,8 @@ class LowRankDecomposition(LayerSwap):
             else:
                 (TuckerConv2d if method == "tucker2" else CPConv2d)(layer, rank)
         except ValueError as err:
-            raise ValueError(f"LowRankDecomposition on {name} ({type(layer).__name__}, {method}): {err}") from err
+            kind = LayerLeftDense if isinstance(err, LayerLeftDense) else ValueError
+            raise kind(f"LowRankDecomposition on {name} ({type(layer).__name__}, {method}): {err}") from err
         return {"method": method, "rank": rank}
 
     def _rank(self, layer: nn.Module, method: str) -> int | list[int]:
@@ -127,14 +131,15 @@ class LowRankDecomposition(LayerSwap):
             candidates = range(1, max(layer.out_channels, layer.in_channels) + 1)
         fitting = [r for r in candidates if count(r) * self.compression_ratio <= dense]
         if not fitting:
-            raise ValueError(f"compression_ratio={self.compression_ratio} is out of reach for this layer even at "
-                             f"rank 1 ({dense / count(1):.1f}x)")
+            raise LayerLeftDense(f"compression_ratio={self.compression_ratio} is out of reach for this layer even "
+                                 f"at rank 1 ({dense / count(1):.1f}x)")
         best = fitting[-1]
         return ranks_at(best) if method == "tucker2" else best
 
     def report_fields(self, net: nn.Module) -> dict[str, int | float | str]:
-        """Per swapped layer: method, rank(s), parameters against the original layer's."""
-        fields: dict[str, int | float | str] = {}
+        """Per swapped layer: method, rank(s), parameters against the original layer's; the layers left out of
+        the selection."""
+        fields = self.left_out_fields("lowrank")
         for name in self.layers:
             layer = net.get_submodule(name)
             if not isinstance(layer, LOW_RANK_TYPES):

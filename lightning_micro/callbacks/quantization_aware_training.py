@@ -19,14 +19,21 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
-from lightning_micro.callbacks.argument_checks import check_patterns, check_when, follow_selection, select_layers
+from lightning_micro.callbacks.argument_checks import (
+    check_patterns,
+    check_when,
+    follow_selection,
+    left_out_layers,
+    left_out_line,
+    select_layers,
+)
 from lightning_micro.callbacks.structure_change import change_structure
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.contract import example_input
 from lightning_micro.core import int8_backend, transforms
 from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WEIGHT_BITS, WeightQuantSpec
 from lightning_micro.core.schedules import is_run_start
-from lightning_micro.core.selection import is_of_type
+from lightning_micro.core.selection import is_of_type, read_by_parent
 
 ACTIVATION_BITS = (8, 32)
 
@@ -224,6 +231,7 @@ class QuantizationAwareTraining(CompressionTechnique):
         self.selected_at_start: list[str] = []  # resolved by check_model, on the network as configured
         self.layers: list[str] = []  # the selection on the network as it is now
         self.skipped: list[str] = []  # quantizable layers not selected (int8 keeps them in float)
+        self.left_out: dict[str, str] = {}  # selected by the patterns, left out (their parent reads their weight)
         self._phase: tuple[bool, bool, bool] | None = None
 
     @property
@@ -247,12 +255,14 @@ class QuantizationAwareTraining(CompressionTechnique):
         no layer, or only layers of a type this mode cannot quantize."""
         self.selected_at_start = select_layers(net, self.include, self.exclude, self.module_types,
                                                f"the {self.mode} mode of QAT")
+        self.left_out = left_out_layers(net, self.include, self.exclude, self.module_types)
         self._select(net)
 
     def _select(self, net: nn.Module) -> None:
         """The selection on ``net`` as it is now: what the patterns match, plus the layers that replaced a
         selected one (a low-rank layer's factors stand where the selected Linear stood)."""
-        quantizable = [n for n, m in net.named_modules() if n and is_of_type(m, self.module_types)]
+        quantizable = [n for n, m in net.named_modules() if n and is_of_type(m, self.module_types)
+                       and read_by_parent(net, n) is None]
         self.layers = follow_selection(quantizable, self.include, self.exclude, self.selected_at_start)
         self.skipped = [n for n in quantizable if n not in self.layers]
 
@@ -286,7 +296,8 @@ class QuantizationAwareTraining(CompressionTechnique):
             args = self.scheme.prepare_args(self, pl_module)
             transforms.TRANSFORMS[self.scheme.prepare](copy.deepcopy(self.net_of(pl_module)), **args)
         rank_zero_info(f"QuantizationAwareTraining: {self.weight_bits}-bit weights, "
-                       f"{self.activation_bits}-bit activations, {len(self.layers)} layers, from {self.start!r}")
+                       f"{self.activation_bits}-bit activations, {len(self.layers)} layers, from {self.start!r}"
+                       f"{left_out_line(self.left_out)}")
 
     def _prepared(self, pl_module: L.LightningModule) -> bool:
         return any(entry["transform"] == self.scheme.prepare for entry in pl_module.transforms)
@@ -391,8 +402,11 @@ class QuantizationAwareTraining(CompressionTechnique):
     @override
     def report_fields(self, net: nn.Module) -> dict[str, float | int | str]:
         """Bit widths, the number of quantized layers and the kernels the deployed network runs."""
-        return {"quant/weight_bits": self.weight_bits, "quant/activation_bits": self.activation_bits,
-                "quant/layers": len(self.layers), **self.scheme.report_fields(self)}
+        fields = {"quant/weight_bits": self.weight_bits, "quant/activation_bits": self.activation_bits,
+                  "quant/layers": len(self.layers), **self.scheme.report_fields(self)}
+        if self.left_out:
+            fields["quant/left_out"] = ", ".join(self.left_out)
+        return fields
 
     @override
     def export_codecs(self, net: nn.Module) -> dict[str, str]:

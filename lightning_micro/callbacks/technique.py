@@ -11,8 +11,8 @@ The lifecycle of a technique, in the order Lightning runs it:
   own :meth:`initialize` (a change due at the very start happens there).
 - ``on_train_start``: the "when" arguments are resolved to optimizer steps (:meth:`step_at`).
 - during fit: a technique that changes the structure does it through
-  :func:`~lightning_micro.callbacks.structure_change.change_structure`, which tells every technique of the run (:meth:`on_structure_change`) so that
-  each re-resolves its selection by layer name on the new network.
+  :func:`~lightning_micro.callbacks.structure_change.change_structure`, which tells every technique of the run
+  (:meth:`on_structure_change`) so that each re-resolves its selection by layer name on the new network.
 - ``finalize(pl_module)``: the deployable form (integer kernels, codes); ``report_fields(net)`` and
   ``export_codecs(net)`` feed the report and the artifact (:func:`lightning_micro.artifact.format.export_compressed`).
 """

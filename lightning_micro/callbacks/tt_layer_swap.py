@@ -131,8 +131,9 @@ class TTLayerSwap(LayerSwap):
         return {"in_factors": ins, "out_factors": outs, "ranks": ranks}
 
     def report_fields(self, net: nn.Module) -> dict[str, int | float | str]:
-        """Per swapped layer: its TT-ranks, factors, parameters (cores and bias) against the dense layer's."""
-        fields: dict[str, int | float | str] = {}
+        """Per swapped layer: its TT-ranks, factors, parameters (cores and bias) against the dense layer's; the
+        layers left out of the selection."""
+        fields = self.left_out_fields("tt")
         for name in self.layers:
             layer = net.get_submodule(name)
             if not isinstance(layer, tt.TTLinear):

@@ -130,6 +130,8 @@ def prepare_qat(net: nn.Module, input_shape: Sequence[int], per_channel: bool = 
         try:
             prepared = prepare_qat_fx(net, qconfig_mapping(per_channel, symmetric, skip),
                                       (torch.zeros(2, *input_shape),))
+        except int8_pt2e.NOT_ABOUT_THE_NETWORK:
+            raise
         except Exception as err:  # torch.fx raises many types for code it cannot trace
             raise ValueError(f"{type(net).__name__} cannot be prepared for int8 quantization by torch.ao FX "
                              f"(its forward must be symbolically traceable): {str(err).splitlines()[0]}") from err

@@ -34,6 +34,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+# Raised while a network is being prepared, but not by what the network is: an interrupt, a time limit, memory.
+# They pass through as they are instead of becoming "cannot be prepared".
+NOT_ABOUT_THE_NETWORK: tuple[type[BaseException], ...] = (TimeoutError, MemoryError)
+
 
 @contextlib.contextmanager
 def _quiet():
@@ -161,6 +165,8 @@ def prepare_qat(net: nn.Module, input_shape: Sequence[int], skip: Sequence[str] 
         try:
             exported = torch.export.export(net.train(), (example,),
                                            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},)).module()
+        except NOT_ABOUT_THE_NETWORK:
+            raise
         except Exception as err:  # torch.export raises many types for code it cannot capture
             raise ValueError(f"{type(net).__name__} cannot be prepared for int8 quantization by PT2E (its forward "
                              f"must be capturable by torch.export): {str(err).splitlines()[0]}") from err
@@ -172,6 +178,8 @@ def prepare_qat(net: nn.Module, input_shape: Sequence[int], skip: Sequence[str] 
             quantizer.set_module_name_qconfig(name, None)
         try:
             graph = prepare_qat_pt2e(exported, quantizer)
+        except NOT_ABOUT_THE_NETWORK:
+            raise
         except Exception as err:  # the quantizer's pattern matching raises plain ValueErrors, AssertionErrors
             raise ValueError(f"{type(net).__name__} cannot be prepared by PT2E's X86InductorQuantizer: "
                              f"{type(err).__name__}: {str(err).splitlines()[0]}; use backend: x86") from err

@@ -161,6 +161,15 @@ FAKE_QUANT_TYPES: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
+def fake_quant_type(layer: nn.Module) -> type[nn.Module] | None:
+    """The fake-quantized class for ``layer``, taken by what the layer is: a library's subclass of ``nn.Linear``
+    (timm's ``Linear``, torch's ``NonDynamicallyQuantizableLinear``) is a ``Linear``; the most specific
+    registered base wins. ``None`` for a layer already fake-quantized or of no registered type."""
+    if isinstance(layer, tuple(FAKE_QUANT_TYPES.values())):
+        return None
+    return next((FAKE_QUANT_TYPES[cls] for cls in type(layer).__mro__ if cls in FAKE_QUANT_TYPES), None)
+
+
 def _refresh_decoded_weight(module: nn.Module, incompatible_keys=None) -> None:
     module.weight = dequantize(module.weight_codes, module.weight_scale, module.weight_zero_point)
 

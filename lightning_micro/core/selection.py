@@ -12,6 +12,20 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
+# Modules that read a child's weight themselves instead of calling the child: replacing or wrapping that child
+# does not change what they compute (nn.MultiheadAttention passes out_proj.weight to its functional forward).
+READS_CHILD_WEIGHTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+
+
+def read_by_parent(net: nn.Module, name: str) -> str | None:
+    """Why the layer ``name`` cannot be swapped or wrapped in ``net`` (its parent reads its weight directly), or
+    ``None`` when it can."""
+    parent_name = name.rpartition(".")[0]
+    parent = net.get_submodule(parent_name) if parent_name else net
+    if isinstance(parent, READS_CHILD_WEIGHTS):
+        return f"its parent {type(parent).__name__} reads its weight directly instead of calling it"
+    return None
+
 
 def name_matches(name: str, pattern: str) -> bool:
     """Whether a fully-qualified name matches a glob or ``re:`` pattern."""

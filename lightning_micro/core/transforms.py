@@ -29,7 +29,7 @@ from lightning_micro.core.block_removal import remove_blocks
 from lightning_micro.core.channels import remove_channels, tensor_slices
 from lightning_micro.core.low_rank import CPConv2d, LowRankLinear, TuckerConv2d
 from lightning_micro.core.quantized_tt import to_low_bit_tt  # also registers TTLinear in FAKE_QUANT_TYPES
-from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WeightQuantSpec, to_low_bit
+from lightning_micro.core.quantizers import FAKE_QUANT_TYPES, WeightQuantSpec, fake_quant_type, to_low_bit
 from lightning_micro.core.tensor_train import TTLinear
 
 Record = list[dict[str, Any]]
@@ -48,7 +48,7 @@ def _weight_fake_quant(net: nn.Module, layers: Sequence[str], bits: int, per_cha
     spec = WeightQuantSpec(bits, per_channel, symmetric)
     for name in layers:
         layer = net.get_submodule(name)
-        fake = FAKE_QUANT_TYPES.get(type(layer))
+        fake = fake_quant_type(layer)
         if fake is None:
             raise ValueError(f"{name} is a {type(layer).__name__}; low-bit weights are implemented for "
                              f"{sorted(t.__name__ for t in FAKE_QUANT_TYPES)}")

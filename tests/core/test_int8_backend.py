@@ -82,3 +82,20 @@ def test_untraceable_network_and_unknown_backend_are_refused():
         int8_backend.prepare_qat(Branchy(), [4])
     with pytest.raises(ValueError, match="backend must be one of"):
         int8_backend.prepare_qat(LeNet5(), [1, 28, 28], backend="arm")
+
+
+@pytest.mark.parametrize("backend", ["x86", "pt2e"])
+@pytest.mark.parametrize("stop", [TimeoutError("the time limit"), MemoryError()], ids=["time limit", "memory"])
+def test_a_stop_during_preparation_passes_through_as_itself(monkeypatch, backend, stop):
+    """An interrupt, a time limit or a full memory is not the network's fault: it is not turned into "cannot be
+    prepared" (the FX tracer and torch.export each raise it mid-trace here)."""
+    import torch.ao.quantization.quantize_fx as quantize_fx
+
+    def stopped(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr(torch.export, "export", stopped)
+    monkeypatch.setattr(quantize_fx, "prepare_qat_fx", stopped)
+    with pytest.raises(type(stop)) as raised:
+        int8_backend.prepare_qat(LeNet5(), [1, 28, 28], backend=backend)
+    assert raised.value is stop

@@ -9,7 +9,7 @@ import torch
 
 from lightning_micro.core import tensor_train, transforms
 from lightning_micro.core.low_rank import LowRankLinear
-from lightning_micro.core.quantizers import FakeQuantLinear
+from lightning_micro.core.quantizers import FakeQuantConv2d, FakeQuantLinear
 from lightning_micro.models import LeNet300
 
 ARGS = {"layers": ["fc1", "fc3"], "bits": 4, "per_channel": True, "symmetric": True}
@@ -84,3 +84,35 @@ def test_replaced_modules_land_on_the_device_of_the_module_they_replace():
               {"transform": "low_rank_swap", "args": {"layers": [{"name": "fc2", "method": "svd", "rank": 10}]}}]
     net = transforms.replay(LeNet300([1, 8, 8]).to("meta"), record)
     assert {p.device.type for p in net.parameters()} == {"meta"}
+
+
+class LibraryLinear(torch.nn.Linear):
+    """A library's own Linear (timm's casts its weight; torch's NonDynamicallyQuantizableLinear adds nothing)."""
+
+
+class SubclassedLayers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = type("LibraryConv2d", (torch.nn.Conv2d,), {})(1, 4, 3)
+        self.proj = torch.nn.modules.linear.NonDynamicallyQuantizableLinear(4 * 36, 16)
+        self.head = LibraryLinear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.proj(self.conv(x).flatten(1))))
+
+
+def test_low_bit_weights_take_layers_by_what_they_are_not_by_exact_class():
+    """A subclass of Linear or Conv2d is fake-quantized and stored as codes like the class it extends (deployed
+    as that class), and the record replays into a fresh network with the same outputs."""
+    args = {"layers": ["conv", "proj", "head"], "bits": 4, "per_channel": True, "symmetric": True}
+    record: transforms.Record = []
+    net = transforms.apply(SubclassedLayers(), record, "weight_fake_quant", **args)
+    assert all(isinstance(getattr(net, name), (FakeQuantLinear, FakeQuantConv2d)) for name in args["layers"])
+    net = transforms.apply(net, record, "weight_low_bit", **args)
+    assert {key for key in net.state_dict() if key.endswith("_codes")} == {f"{n}.weight_codes" for n in args["layers"]}
+    fresh = transforms.replay(SubclassedLayers(), record)
+    fresh.load_state_dict(net.state_dict(), strict=True)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), net(x))
+    assert type(fresh.head) is torch.nn.Linear and fresh.head.weight_codes.dtype == torch.int8

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_micro import CompressionMixin
-from tests.helpers.user_nets import ResidualDepthwiseNet, ResidualStack
+from tests.helpers.user_nets import ResidualDepthwiseNet, ResidualStack, TokenAttentionNet
 
 
 class DigitsClassifier(CompressionMixin, L.LightningModule):
@@ -81,3 +81,14 @@ class ResidualStackClassifier(DigitsClassifier):
         super().__init__(width, lr)
         self.save_hyperparameters()
         self.backbone = ResidualStack(width, depth)
+
+
+class AttentionClassifier(DigitsClassifier):
+    """DigitsClassifier around TokenAttentionNet: torch's MultiheadAttention in a user's module."""
+
+    def __init__(self, width: int = 16, lr: float = 5e-3) -> None:
+        super().__init__(width, lr)
+        self.backbone = TokenAttentionNet(width)
+
+    def compressed_net_spec(self):
+        return {"_target_": "tests.helpers.user_nets.TokenAttentionNet", "width": self.hparams.width}, ""

@@ -49,3 +49,19 @@ class ResidualStack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
+
+
+class TokenAttentionNet(nn.Module):
+    """An 8x8 image as 8 tokens of 8 pixels: an embedding Linear, torch's MultiheadAttention (which reads its
+    out_proj's weight directly instead of calling it), a Linear head."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, width)
+        self.attn = nn.MultiheadAttention(width, 2, batch_first=True)
+        self.head = nn.Linear(8 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.flatten(1).view(-1, 8, 8))
+        mixed, _ = self.attn(tokens, tokens, tokens, need_weights=False)
+        return self.head((tokens + mixed).flatten(1))
