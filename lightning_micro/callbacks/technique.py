@@ -3,7 +3,8 @@
 The lifecycle of a technique, in the order Lightning runs it:
 
 - ``check_model(net, example_input)``: resolve the selection (name patterns, types, traced channel groups) on the
-  network as configured, raising ``ValueError`` naming the argument; the run calls it before the trainer is built.
+  network as configured, raising ``ValueError`` naming the argument; the run calls it (through
+  :meth:`select_on`) before the trainer is built.
 - ``setup``, one template for every technique: the selection is resolved if the run has not done it yet
   (:meth:`select_on`), the run is checked (:meth:`check_run`: the contract for structure-changing techniques,
   the "when" arguments against the run's length, :meth:`check_alone`, every pair with the other techniques by
@@ -14,7 +15,7 @@ The lifecycle of a technique, in the order Lightning runs it:
   :func:`~lightning_micro.callbacks.structure_change.change_structure`, which tells every technique of the run
   (:meth:`on_structure_change`) so that each re-resolves its selection by layer name on the new network.
 - ``finalize(pl_module)``: the deployable form (integer kernels, codes); ``report_fields(net)`` and
-  ``export_codecs(net)`` feed the report and the artifact (:func:`lightning_micro.artifact.format.export_compressed`).
+  ``export_codecs(net)`` feed the report and the artifact (:func:`lightning_micro.contract.export_compressed`).
 """
 
 from __future__ import annotations

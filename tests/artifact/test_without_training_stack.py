@@ -16,6 +16,7 @@ from lightning_micro.callbacks import GradualMagnitudePruning, QuantizationAware
 from lightning_micro.contract import export_compressed
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.models import LeNet300
+from tests.helpers.fitting import trainer_for
 from tests.helpers.user_modules import FactoryNamed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,9 +40,8 @@ def load_in_a_fresh_process(path: Path, input_shape: list[int]) -> dict:
 
 def user_artifact(tmp_path: Path, technique: L.Callback, name: str) -> Path:
     L.seed_everything(0)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        callbacks=[technique], limit_train_batches=6, limit_val_batches=0)
+    trainer = trainer_for(tmp_path, [technique], max_epochs=2, enable_checkpointing=False, limit_train_batches=6,
+                          limit_val_batches=0)
     module = FactoryNamed()
     trainer.fit(module, DigitsDataModule(batch_size=64))
     path = tmp_path / f"{name}.safetensors"

@@ -10,13 +10,13 @@ import torch
 from lightning_micro.callbacks import KnowledgeDistillation
 from lightning_micro.callbacks.knowledge_distillation import load_teacher
 from lightning_micro.data import DigitsDataModule
+from tests.helpers.fitting import trainer_for
 from tests.helpers.user_modules import DigitsClassifier
 
 
 def trainer(tmp_path, callbacks=(), max_epochs=1):
-    return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                     callbacks=list(callbacks), limit_train_batches=4, limit_val_batches=0)
+    return trainer_for(tmp_path, list(callbacks), max_epochs=max_epochs, enable_checkpointing=False,
+                       limit_train_batches=4, limit_val_batches=0)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from lightning_micro.callbacks import LowRankDecomposition
 from lightning_micro.contract import export_compressed
 from lightning_micro.core.low_rank import LowRankLinear, TuckerConv2d
 from lightning_micro.data import DigitsDataModule
+from tests.helpers.fitting import trainer_for
 from tests.helpers.user_modules import FactoryNamed
 from tests.helpers.user_nets import ResidualDepthwiseNet
 
@@ -25,9 +26,8 @@ STEM = "LowRankDecomposition on stem.0 (Conv2d, tucker2): compression_ratio=6 is
 def test_a_layer_out_of_reach_is_left_dense_and_named_and_the_others_swap(tmp_path, caplog):
     lowrank = LowRankDecomposition(swap_at=1, compression_ratio=6)
     L.seed_everything(0)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        callbacks=[lowrank], limit_train_batches=6, limit_val_batches=0)
+    trainer = trainer_for(tmp_path, [lowrank], max_epochs=2, enable_checkpointing=False, limit_train_batches=6,
+                          limit_val_batches=0)
     module = FactoryNamed()
     with caplog.at_level("INFO"):
         trainer.fit(module, DigitsDataModule(batch_size=64))

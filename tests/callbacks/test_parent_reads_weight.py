@@ -18,6 +18,7 @@ from lightning_micro.callbacks import LowRankDecomposition, QuantizationAwareTra
 from lightning_micro.contract import export_compressed
 from lightning_micro.core.low_rank import LowRankLinear
 from lightning_micro.data import DigitsDataModule
+from tests.helpers.fitting import trainer_for
 from tests.helpers.user_modules import AttentionClassifier
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,9 +27,8 @@ REASON = "its parent MultiheadAttention reads its weight directly instead of cal
 
 def fit(tmp_path: Path, technique: L.Callback) -> tuple[L.Trainer, AttentionClassifier]:
     L.seed_everything(0)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path,
-                        callbacks=[technique], limit_train_batches=6, limit_val_batches=0)
+    trainer = trainer_for(tmp_path, [technique], max_epochs=2, enable_checkpointing=False, limit_train_batches=6,
+                          limit_val_batches=0)
     module = AttentionClassifier()
     trainer.fit(module, DigitsDataModule(batch_size=64))
     return trainer, module
