@@ -53,8 +53,8 @@ class LayerDropping(CompressionTechnique):
     dropped. Under DDP a skipped block still runs, with its residual multiplied by 0, so the gradient graph stays
     the same on every step (training is then not faster).
 
-    At ``prune_at`` the blocks chosen by ``removal`` are replaced by ``nn.Identity`` (a recorded transform,
-    replayed by checkpoints and the artifact): ``every_other`` spreads them evenly over the depth (LayerDrop's
+    At ``prune_at`` the blocks chosen by ``removal`` are replaced by a pass-through (a recorded transform, replayed
+    by checkpoints and the artifact): ``every_other`` spreads them evenly over the depth (LayerDrop's
     rule), ``least_important`` takes those whose skipping raises the validation loss least, measured on
     ``importance_batches`` batches (cross-entropy of the network's output; batches ``(input, target)``). The
     optimizer and the DDP wrapper are rebuilt, the other techniques are told; dropping stops and the shallower
@@ -191,7 +191,9 @@ class LayerDropping(CompressionTechnique):
             found = block_removal.call_order(net, [*found, *(n for n in bypass if n not in found)], example_input)
             if not found:
                 raise ValueError(f"{type(net).__name__} has no droppable block (a residual block adding its input "
-                                 "back, output shaped like its input): name blocks with `blocks` patterns, or "
+                                 "back, output shaped like its input, or where there is none a block of an "
+                                 "nn.Sequential or nn.ModuleList keeping its input's shape): name blocks with "
+                                 "`blocks` patterns, or "
                                  "declare them with a `droppable = True` attribute on the block module")
         else:
             found = block_removal.named_blocks(net, self.blocks, example_input, reshaping=bypass)

@@ -5,8 +5,10 @@ A block is *droppable* when skipping it (its output replaced by its input) leave
 output has its input's shape, and it adds its input back (``x + f(x)``, or ``relu(x + f(x))`` where the input
 is already non-negative). :func:`droppable_blocks` finds them: a module declares it (a ``droppable`` attribute),
 or its traced graph shows it (``torch.fx``: the output is an addition of the input, possibly through an
-``nn.Identity`` shortcut and a final ReLU), and the example input confirms the shapes. Users name others by
-pattern (:func:`named_blocks`); a block that changes shape is refused either way.
+``nn.Identity`` shortcut and a final ReLU), and the example input confirms the shapes. A network with no such
+block (a transformer, whose blocks add two residuals in one forward; ShuffleNet; SqueezeNet) offers the
+shape-preserving blocks of its sequences instead (:func:`sequence_layers`). Users name others by pattern
+(:func:`named_blocks`); a block that changes shape is refused either way.
 
 Pure functions of modules and tensors: no Lightning here.
 """
@@ -27,6 +29,7 @@ from lightning_micro.core.selection import name_matches
 DROP_RULES = ("uniform", "linear")  # LayerDrop's one probability; stochastic depth's p_l = (l / L) p_L
 REMOVAL_RULES = ("every_other", "least_important")
 
+SEQUENCES = (nn.Sequential, nn.ModuleList)  # containers whose children run one after another
 _ADDS = {operator.add, operator.iadd, torch.add}
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6)
 _ACTIVATION_FUNCTIONS = {torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6}
@@ -95,6 +98,7 @@ def droppable_blocks(net: nn.Module, example_input: torch.Tensor) -> list[str]:
     A module declaring ``droppable = True`` (or ``False``) is taken at its word; any other module with children is
     traced and kept when it adds its input back (see the module docstring). Blocks inside a droppable block are
     left out, and so is a block whose output shape differs from its input's or that the forward pass never calls.
+    A network with no such block gets its :func:`sequence_layers` instead.
     """
     candidates = []
     for name, module in net.named_modules():
@@ -107,6 +111,30 @@ def droppable_blocks(net: nn.Module, example_input: torch.Tensor) -> list[str]:
         elif any(True for _ in module.children()) and _adds_input_back(module):
             candidates.append(name)
     shapes = _call_shapes(net, _outermost(candidates), example_input)
+    found = [name for name, (shape_in, shape_out) in shapes.items() if shape_in == shape_out]
+    return found or sequence_layers(net, example_input)
+
+
+def sequence_layers(net: nn.Module, example_input: torch.Tensor) -> list[str]:
+    """Names of the shape-preserving layers of ``net``'s sequences, in call order: each child of an
+    ``nn.Sequential`` or ``nn.ModuleList`` that has layers of its own (a block, not a bare activation) and whose
+    output has its input's shape (outermost first). These are the blocks of a network without residual additions
+    that layer dropping can skip whole: a transformer's encoder layers (torch's ``TransformerEncoderLayer``, timm's
+    ``Block``, whose two residual additions inside one forward the tracing test does not take), ShuffleNet's
+    stride-1 units (channel split, branch, concat, shuffle), SqueezeNet's Fire modules that keep their width.
+
+    An ``nn.TransformerEncoder`` is never a block itself (its layers are), and its first layer is left out: torch's
+    encoder reads ``layers[0].self_attn`` in its own forward, so that one cannot be replaced."""
+    names = []
+    for name, module in net.named_modules():
+        if not isinstance(module, SEQUENCES):
+            continue
+        for child_name, child in module.named_children():
+            if any(True for _ in child.children()) and not isinstance(child, nn.TransformerEncoder):
+                names.append(f"{name}.{child_name}" if name else child_name)
+    kept_first = {f"{name}.layers.0" if name else "layers.0" for name, module in net.named_modules()
+                  if isinstance(module, nn.TransformerEncoder)}
+    shapes = _call_shapes(net, [n for n in _outermost(names) if n not in kept_first], example_input)
     return [name for name, (shape_in, shape_out) in shapes.items() if shape_in == shape_out]
 
 
@@ -315,13 +343,21 @@ def skipping(net: nn.Module, names: Sequence[str], shortcuts: Mapping[str, str] 
 
 
 def remove_blocks(net: nn.Module, names: Sequence[str], shortcuts: Mapping[str, str] | None = None) -> nn.Module:
-    """Replace the blocks ``names`` by ``nn.Identity`` (or by their shortcut submodule, for those in
-    ``shortcuts``): a shallower network whose outputs equal ``net``'s with those blocks skipped."""
+    """Replace the blocks ``names`` by :class:`PassThrough` (an ``nn.Identity``; or by their shortcut submodule, for
+    those in ``shortcuts``): a shallower network whose outputs equal ``net``'s with those blocks skipped."""
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = net.get_submodule(parent_name) if parent_name else net
         if not hasattr(parent, child):
             raise ValueError(f"{name!r} is not a module of {type(net).__name__}")
         shortcut = (shortcuts or {}).get(name)
-        setattr(parent, child, getattr(parent, child).get_submodule(shortcut) if shortcut else nn.Identity())
+        setattr(parent, child, getattr(parent, child).get_submodule(shortcut) if shortcut else PassThrough())
     return net
+
+
+class PassThrough(nn.Identity):
+    """What a removed block becomes: its input, whatever else its caller passes (torch's ``TransformerEncoder``
+    calls each layer with masks as keyword arguments)."""
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return x

@@ -44,10 +44,20 @@ def test_a_users_blocks_are_found_by_tracing_and_a_declaration_overrides_it():
         def forward(self, x):
             return torch.relu(self.conv(x) + 1)
 
-    plain = nn.Sequential(NotResidual(), nn.Flatten())
+    class Holder(nn.Module):  # not a sequence either (see the next test)
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = NotResidual()
+
+        def forward(self, x):
+            return self.block(x).flatten(1)
+
+    plain = Holder()
     assert block_removal.droppable_blocks(plain, X8) == []
-    plain[0].droppable = True
-    assert block_removal.droppable_blocks(plain, X8) == ["0"]
+    plain.block.droppable = True
+    assert block_removal.droppable_blocks(plain, X8) == ["block"]
+    # in a sequence, a block that keeps its shape is offered when the network has no residual block
+    assert block_removal.droppable_blocks(nn.Sequential(NotResidual(), nn.Flatten()), X8) == ["0"]
 
 
 def test_named_blocks_must_keep_their_shape():
@@ -124,3 +134,30 @@ def test_a_skipped_block_can_still_run_so_that_every_parameter_gets_a_gradient()
     out.sum().backward()
     grad = net.blocks[0].body[2].weight.grad
     assert grad is not None and torch.count_nonzero(grad) == 0  # in the graph (DDP), with no effect
+
+
+def test_a_network_without_residual_blocks_offers_the_shape_preserving_blocks_of_its_sequences():
+    # a pre-norm transformer: each encoder layer adds two residuals in one forward, which tracing does not take as
+    # "x + f(x)"; torch's encoder reads its first layer's attention itself, so that one stays
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
+    encoder = nn.Sequential(nn.Linear(8, 16), nn.TransformerEncoder(layer, 4, enable_nested_tensor=False))
+    tokens = torch.randn(2, 8, 8)
+    assert block_removal.droppable_blocks(encoder, tokens) == ["1.layers.1", "1.layers.2", "1.layers.3"]
+    # a residual block anywhere keeps today's rule: only residual blocks
+    assert block_removal.droppable_blocks(ResidualStack(width=8, depth=3), X8) == ["blocks.0", "blocks.1", "blocks.2"]
+    # bare layers (no children of their own) are not blocks
+    assert block_removal.droppable_blocks(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8)),
+                                          torch.randn(2, 8)) == []
+
+
+def test_a_removed_encoder_layer_passes_its_input_through_the_masks_torch_hands_it():
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
+    encoder = nn.TransformerEncoder(layer, 3, enable_nested_tensor=False).eval()
+    tokens = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        with block_removal.skipping(encoder, ["layers.1"]):
+            expected = encoder(tokens)
+        removed = block_removal.remove_blocks(copy.deepcopy(encoder), ["layers.1"])
+        assert isinstance(removed.layers[1], nn.Identity)
+        assert torch.allclose(removed(tokens), expected)
+        assert torch.allclose(removed(tokens, mask=torch.zeros(5, 5)), expected, atol=1e-5)  # masks reach every layer

@@ -83,7 +83,8 @@ def test_fast_dev_run(model, data, tmp_path):
                                          ["compression=layerdrop"]], ids=["tt", "lowrank", "structured", "layerdrop"])
 def test_every_model_takes_the_structural_techniques_with_their_defaults(model, compression, tmp_path):
     cfg = compose_cfg([*FAST, f"model={model}", *compression, "debug=fdr"], tmp_path)
-    if compression == ["compression=layerdrop"] and model in ("lenet300", "mobilenet"):  # no residual block
+    if compression == ["compression=layerdrop"] and model == "lenet300":  # no block at all (MobileNet: two that keep
+        # their shape in its Sequential)
         with pytest.raises(ConfigError, match="has no droppable block"):
             train(cfg)
         return
