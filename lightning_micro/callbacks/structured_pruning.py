@@ -136,6 +136,7 @@ class StructuredPruning(CompressionTechnique):
 
         # Resolved on the network as configured (check_model).
         self.groups: list[channels.ChannelGroup] = []
+        self.left_whole: dict[str, str] = {}  # selected groups that stay whole, with the reason (check_model)
         self.finals: list[float] = []  # each group's final ratio (layerwise) or its override
         self.overridden: dict[int, float] = {}  # group index -> its own final ratio
         # Saved in checkpoints: the channels each group keeps, by group name.
@@ -158,7 +159,7 @@ class StructuredPruning(CompressionTechnique):
         if example_input is None:
             raise ValueError("StructuredPruning traces the network to find coupled channels and needs an example "
                              "input: set self.example_input_array = torch.zeros(1, ...) in the LightningModule")
-        groups = channels.channel_groups(net, example_input)
+        groups = channels.check_removable(net, channels.channel_groups(net, example_input), example_input)
         layers = [n for n, m in net.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
         producing = {p for g in groups if not g.unsupported for p in g.producers}
         candidates = [n for n in layers if n in producing]  # in model order
@@ -193,6 +194,11 @@ class StructuredPruning(CompressionTechnique):
                     raise ValueError(f"{arg} needs a BatchNorm after every selected layer, but {group.name}'s "
                                      "channels have none: use importance l1 or l2, or exclude it")
         self.groups = chosen
+        # groups the selection matches but that stay whole, with the reason (the log and the report name them)
+        self.left_whole = {g.name: g.unsupported for g in groups if g.unsupported
+                           and any(any(name_matches(p, pattern) for pattern in self.include) for p in g.producers)
+                           and not any(any(name_matches(p, pattern) for pattern in self.exclude)
+                                       for p in g.producers)}
         self.overridden = {}
         for i, group in enumerate(chosen):  # the first override pattern matching a layer writing the group wins
             ratios = [v for p, v in self.overrides.items() if any(name_matches(q, p) for q in group.producers)]
@@ -212,7 +218,8 @@ class StructuredPruning(CompressionTechnique):
             self.add_loss_term(pl_module, "structured/bn_l1", self._bn_l1)
         rank_zero_info(f"StructuredPruning: {len(self.groups)} channel groups "
                        f"({', '.join(g.name for g in self.groups)}), {self.channel_ratio:.0%} of channels by "
-                       f"{self.importance}, removed at {self.remove_at!r}")
+                       f"{self.importance}, removed at {self.remove_at!r}"
+                       + "".join(f"; left whole {name}: {why}" for name, why in self.left_whole.items()))
 
     def _bn_l1(self, module: L.LightningModule, **context: Any) -> torch.Tensor:
         if self.removed(module):
@@ -324,7 +331,7 @@ class StructuredPruning(CompressionTechnique):
 
     def _remove(self, trainer: L.Trainer | None, pl_module: L.LightningModule, during_fit: bool) -> None:
         self._apply_masks()
-        plan = channels.removal_plan(self.groups, self._kept_lists())
+        plan = channels.removal_plan(self.net_of(pl_module), self.groups, self._kept_lists())
         self._masked = []
         if trainer is None:
             pl_module.apply_transform(TRANSFORM, layers=plan)
@@ -355,6 +362,8 @@ class StructuredPruning(CompressionTechnique):
             "structured/kept_fraction": self.kept_fraction(), "structured/groups": len(self.groups)}
         for group, kept in zip(self.groups, self._kept_lists(), strict=True):
             fields[f"structured/kept/{group.name}"] = f"{len(kept)}/{group.size}"
+        if self.left_whole:
+            fields["structured/left_whole"] = ", ".join(self.left_whole)
         return fields
 
     @override

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import copy
 import math
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -92,7 +94,14 @@ def channel_groups(net: nn.Module, example_input: torch.Tensor) -> list[ChannelG
     names = {module: name for name, module in traced.named_modules()}
     order = {name: i for i, name in enumerate(names.values())}
     device = next((p.device for p in traced.parameters()), torch.device("cpu"))
-    graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example_input.to(device))
+    try:
+        graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example_input.to(device))
+    except Exception as err:  # noqa: BLE001 - Torch-Pruning fails in its own code on graphs it cannot map
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        raise ValueError(f"Torch-Pruning cannot trace the channel dependencies of {type(net).__name__} "
+                         f"({type(err).__name__} in its {Path(where.filename).stem}.{where.name}, as on a channel "
+                         "shuffle's reshape); channel pruning cannot run on it: use GMP (connections) or "
+                         "layer dropping instead") from err
     groups = []
     for group in graph.get_all_groups(root_module_types=(*_CONVS, nn.Linear)):
         members = []
@@ -114,6 +123,9 @@ def channel_groups(net: nn.Module, example_input: torch.Tensor) -> list[ChannelG
             continue  # the network's outputs
         size = len(set(members[0][3]))
         reason = f"it couples {', '.join(unsupported)}, whose channels cannot be removed" if unsupported else ""
+        if not reason and any(len(idx) != len(roots) or any(r >= size for r in roots)
+                              for _, _, idx, roots in members):
+            reason = "Torch-Pruning maps its channels inconsistently (a slice or a concatenation it cannot follow)"
         groups.append(ChannelGroup(producers[0], size, members, producers, reason))
     groups.sort(key=lambda g: order[g.name])
     return groups
@@ -222,16 +234,60 @@ def channel_masks(net: nn.Module, groups: Sequence[ChannelGroup], kept: Sequence
     return masks
 
 
-def removal_plan(groups: Sequence[ChannelGroup], kept: Sequence[Sequence[int]]) -> dict[str, dict[str, list[int]]]:
+def removal_plan(net: nn.Module, groups: Sequence[ChannelGroup], kept: Sequence[Sequence[int]]
+                 ) -> dict[str, dict[str, list[int]]]:
     """The plain record of a removal: ``{module name: {"out"/"in": indices kept}}`` for every module a group
-    shrinks (groups keeping every channel are left out)."""
-    plan: dict[str, dict[str, list[int]]] = {}
+    shrinks (groups keeping every channel are left out). A dimension several groups meet in (the input of a
+    layer after a concatenation) keeps every index that none of them removes."""
+    removed: dict[tuple[str, str], set[int]] = {}
     for group, keep in zip(groups, kept, strict=True):
         if len(keep) == group.size:
             continue
-        for (module_name, side), indices in group.member_indices(keep).items():
-            plan.setdefault(module_name, {})[side] = indices
+        dropped = sorted(set(range(group.size)) - set(keep))
+        for key, indices in group.member_indices(dropped).items():
+            removed.setdefault(key, set()).update(indices)
+    plan: dict[str, dict[str, list[int]]] = {}
+    for (module_name, side), gone in removed.items():
+        size = channel_count(net.get_submodule(module_name), side)
+        plan.setdefault(module_name, {})[side] = [i for i in range(size) if i not in gone]
     return plan
+
+
+def channel_count(module: nn.Module, side: str) -> int:
+    """How many channels ``module`` has on ``side``."""
+    if isinstance(module, _NORMS):
+        return module.num_features
+    if isinstance(module, _CONVS):
+        return module.out_channels if side == OUT or _is_depthwise(module) else module.in_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features if side == OUT else module.in_features
+    raise ValueError(f"{type(module).__name__} has no channels this module can count")
+
+
+def check_removable(net: nn.Module, groups: Sequence[ChannelGroup], example_input: torch.Tensor
+                    ) -> list[ChannelGroup]:
+    """``groups`` with the ones whose removal breaks the network marked ``unsupported``: each group loses one
+    channel on a copy of ``net``, which must still run ``example_input`` (all groups at once first; one by one
+    only when that fails). What a dependency graph cannot see fails here: a reshape into attention heads with
+    the head count written into the code, a slice of a concatenation (GhostNet's ``out[:, :oup]``)."""
+    def runs(chosen: Sequence[ChannelGroup]) -> str:
+        plan = removal_plan(net, chosen, [list(range(1, g.size)) for g in chosen])
+        try:
+            thin = remove_channels(copy.deepcopy(net).eval(), plan)
+            with torch.no_grad():
+                thin(example_input)
+        except Exception as err:  # noqa: BLE001 - any failure of the thinner network is the group's verdict
+            return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+        return ""
+
+    candidates = [g for g in groups if not g.unsupported and g.size > 1]
+    if not candidates or not runs(candidates):
+        return list(groups)
+    for group in candidates:
+        failure = runs([group])
+        if failure:
+            group.unsupported = f"the network no longer runs once its channels are removed ({failure})"
+    return list(groups)
 
 
 def tensor_slices(net: nn.Module, plan: Mapping[str, Mapping[str, Sequence[int]]]

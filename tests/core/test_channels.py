@@ -6,13 +6,50 @@ import copy
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from lightning_micro.core import channels
 from lightning_micro.models import LeNet5, MobileNet, ResNet20
 from tests.helpers.user_nets import ResidualDepthwiseNet
 
+
+class Fire(nn.Module):
+    """SqueezeNet's Fire module: a squeeze 1x1 convolution, then two expand convolutions concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(1, 6, 1)
+        self.expand1 = nn.Conv2d(6, 8, 1)
+        self.expand3 = nn.Conv2d(6, 8, 3, padding=1)
+        self.head = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.squeeze(x))
+        x = torch.cat([torch.relu(self.expand1(x)), torch.relu(self.expand3(x))], 1)
+        return self.head(x).mean([2, 3])
+
+
+class Heads(nn.Module):
+    """A fused qkv Linear reshaped into a head count written into the code, as timm's Attention does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 12)
+        self.qkv = nn.Linear(12, 36)
+        self.hidden = nn.Linear(12, 20)
+        self.out = nn.Linear(20 + 12, 10)
+
+    def forward(self, x):
+        tokens = self.embed(x)  # [B, 4, 12]
+        q, k, v = self.qkv(tokens).reshape(x.shape[0], 4, 3, 2, 6).permute(2, 0, 3, 1, 4)
+        attended = torch.softmax(q @ k.transpose(-1, -2), -1) @ v  # [B, 2 heads, 4, 6]
+        mixed = attended.transpose(1, 2).reshape(x.shape[0], 4, 12)
+        return self.out(torch.cat([torch.relu(self.hidden(tokens)), mixed], -1)).mean(1)
+
+
 NETS = {
+    "fire_concat": (Fire, (1, 8, 8)),
     "lenet5": (lambda: LeNet5([1, 28, 28]), (1, 28, 28)),
     "resnet20": (lambda: ResNet20([1, 16, 16]), (1, 16, 16)),
     "mobilenet": (lambda: MobileNet([1, 16, 16], width_multiplier=0.5), (1, 16, 16)),
@@ -89,7 +126,7 @@ def test_the_thinner_network_computes_what_the_masked_network_computed(name):
         for tensor_name, mask in channels.channel_masks(masked, groups, kept).items():
             state[tensor_name].mul_(mask)
         expected = masked(x)
-    thin = channels.remove_channels(copy.deepcopy(masked), channels.removal_plan(groups, kept))
+    thin = channels.remove_channels(copy.deepcopy(masked), channels.removal_plan(masked, groups, kept))
     with torch.no_grad():
         assert torch.allclose(thin(x), expected, atol=1e-5)
     assert sum(p.numel() for p in thin.parameters()) < 0.5 * sum(p.numel() for p in net.parameters())
@@ -101,7 +138,7 @@ def test_removal_sets_module_sizes_and_the_depthwise_groups():
     net = ResidualDepthwiseNet(16)
     groups = channels.channel_groups(net, torch.zeros(1, 1, 8, 8))
     kept = [list(range(0, g.size, 2)) for g in groups]
-    thin = channels.remove_channels(net, channels.removal_plan(groups, kept))
+    thin = channels.remove_channels(net, channels.removal_plan(net, groups, kept))
     assert (thin.depthwise.in_channels, thin.depthwise.out_channels, thin.depthwise.groups) == (8, 8, 8)
     assert thin.stem[1].num_features == 8 and thin.stem[1].running_mean.shape == (8,)
     assert (thin.fc1.in_features, thin.fc1.out_features, thin.fc2.in_features) == (128, 32, 32)
@@ -144,3 +181,22 @@ def test_global_counts_rank_across_groups_with_floors_and_fixed_groups():
     assert counts[2] == 1 and sum(counts[:2]) == 4  # half of the 8 free channels
     assert counts[1] == 2  # its two weak channels (relative to its mean) go first
     assert channels.global_counts(scores, alive, 0.99, {}, floors=[2, 1, 1]) == [2, 1, 1]
+
+
+def test_a_group_whose_removal_breaks_the_network_stays_whole_and_the_others_are_pruned():
+    net = Heads()
+    x = torch.randn(2, 4, 8)
+    groups = channels.check_removable(net, channels.channel_groups(net, x), x)
+    by_name = {g.name: g for g in groups}
+    # qkv's outputs are reshaped into a head count written into the code (coupled with hidden's by the concat)
+    assert by_name["qkv"].unsupported.startswith(
+        "the network no longer runs once its channels are removed (RuntimeError: shape '[2, 4, 3, 2, 6]' is invalid")
+    assert by_name["embed"].unsupported == ""  # the embedding width can go
+
+
+def test_a_network_torch_pruning_cannot_trace_is_refused_in_one_line():
+    shufflenet = torchvision.models.shufflenet_v2_x0_5(weights=None, num_classes=10)  # its channel shuffle
+    with pytest.raises(ValueError, match=r"^Torch-Pruning cannot trace the channel dependencies of ShuffleNetV2 "
+                                         r"\(ZeroDivisionError in its index_mapping\.") as err:
+        channels.channel_groups(shufflenet, torch.zeros(1, 3, 32, 32))
+    assert "\n" not in str(err.value)
