@@ -104,6 +104,13 @@ CODECS: dict[str, Codec] = {
 }
 
 
+def _is_packed_linear(value: Any) -> bool:
+    """Whether ``value`` is torch's packed int8 linear weight (a ScriptObject FX convert creates for
+    ``F.linear`` calls, kept in the converted network's state dict)."""
+    return isinstance(value, torch.ScriptObject) and value._type().qualified_name().endswith(
+        "quantized.LinearPackedParamsBase")
+
+
 def _flatten_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors by key, and the entries that are not plain tensors: a tuple becomes ``key#0``, ``key#1``, ...
     (described in ``values`` as ``["tuple", n]``; ``None`` items as ``["none"]``), a dtype is kept as its
@@ -127,6 +134,12 @@ def _flatten_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], d
             values[key] = ["dtype", str(value).removeprefix("torch.")]
         elif value is None:  # an integer convolution without bias keeps `bias: None` in its state dict
             values[key] = ["none"]
+        elif _is_packed_linear(value):  # FX convert's int8 weight of a functional linear (timm's Linear)
+            weight, bias = torch.ops.quantized.linear_unpack(value)
+            values[key] = ["packed_linear"]
+            tensors[f"{key}#weight"] = weight
+            if bias is not None:
+                tensors[f"{key}#bias"] = bias
         else:
             raise ValueError(f"state-dict entry {key} is a {type(value).__name__}, which the artifact cannot store")
     return tensors, values
@@ -144,6 +157,11 @@ def _unflatten_state(tensors: dict[str, torch.Tensor], values: Mapping[str, Any]
             state[key] = None
         elif kind == "versions":
             state._metadata = OrderedDict(rest[0])  # type: ignore[attr-defined]
+        elif kind == "packed_linear":  # packed again from its stored int8 weight and float bias (no code is read)
+            weight, bias = state.pop(f"{key}#weight", None), state.pop(f"{key}#bias", None)
+            if weight is None or not weight.is_quantized:
+                raise ArtifactError(f"state-dict entry {key} is a packed linear weight without its int8 weight")
+            state[key] = torch.ops.quantized.linear_prepack(weight, bias)
     for key, (kind, *rest) in values.items():
         if kind == "tuple":
             state[key] = tuple(state.pop(f"{key}#{i}", None) for i in range(rest[0]))
@@ -281,5 +299,12 @@ def load_compressed(path: str | os.PathLike, trusted: Iterable[Trusted] = ()) ->
         raise UntrustedSpecError(f"{path}: {err}") from err
     net = built.get_submodule(meta["submodule"]) if meta["submodule"] else built
     net = transforms.replay(net, meta["transforms"])
-    net.load_state_dict(_unflatten_state(state, meta["values"]), strict=True)
+    state = _unflatten_state(state, meta["values"])
+    for key in [k for k, v in state.items() if _is_packed_linear(v)]:
+        # torch's converted GraphModule saves these but its loader only takes names starting "_packed_weight"
+        # (a functional linear inside a submodule is "<module>_packed_weight_0"): set where the replay put them
+        if not isinstance(getattr(net, key, None), torch.ScriptObject):
+            raise ArtifactError(f"{path}: {key} is a packed linear weight the rebuilt network does not have")
+        setattr(net, key, state.pop(key))
+    net.load_state_dict(state, strict=True)
     return net.eval()

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -66,7 +67,8 @@ def resolve_artifact(source: str | os.PathLike) -> Path:
 
 def uses_packed_int8(net: nn.Module) -> bool:
     """Whether ``net`` holds torch.ao integer modules (weights in packed parameters, the FX int8 backend)."""
-    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in net.modules())
+    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+               or any(isinstance(v, torch.ScriptObject) for v in vars(m).values()) for m in net.modules())
 
 
 def is_pt2e(net: nn.Module) -> bool:
@@ -122,8 +124,30 @@ def int8_weights_to_uint8(model) -> None:
 def for_export(net: nn.Module) -> nn.Module:
     """The form of ``net`` the exporter translates: a PT2E int8 network with its activations' scales and zero points
     as literals in the graph (the artifact keeps them as buffers; ``torch.onnx`` turns literal ones into
-    QuantizeLinear/DequantizeLinear attributes)."""
-    return int8_pt2e.with_literal_qparams(net) if is_pt2e(net) else net
+    QuantizeLinear/DequantizeLinear attributes); torch.ao's quantized dropout (an identity in inference, which no
+    ONNX opset has: timm's networks keep theirs, as modules or ``F.dropout`` calls) as an identity, on a copy."""
+    if is_pt2e(net):
+        return int8_pt2e.with_literal_qparams(net)
+    from torch.ao.nn.quantized import Dropout as QuantizedDropout
+
+    dropouts = [name for name, module in net.named_modules() if isinstance(module, QuantizedDropout)]
+    calls = [node.name for node in net.graph.nodes if node.op == "call_function"
+             and node.target in _DROPOUT_FUNCTIONS] if isinstance(net, torch.fx.GraphModule) else []
+    if not dropouts and not calls:
+        return net
+    net = copy.deepcopy(net)
+    for name in dropouts:
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, child, nn.Identity())
+    if isinstance(net, torch.fx.GraphModule):
+        for node in [n for n in net.graph.nodes if n.name in calls]:  # F.dropout in the forward (timm's GhostNet)
+            node.replace_all_uses_with(node.args[0])
+            net.graph.erase_node(node)
+        net.recompile()
+    return net
+
+
+_DROPOUT_FUNCTIONS = (torch.nn.functional.dropout, torch.dropout)
 
 
 def write_onnx(net: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, opset: int = OPSET) -> int:
@@ -134,13 +158,14 @@ def write_onnx(net: nn.Module, input_shape: Sequence[int], path: str | os.PathLi
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"refusing to overwrite the existing file {path}")
+    packed = uses_packed_int8(net)
     net = for_export(net.cpu().eval())
     example = (torch.zeros(2, *input_shape),)  # batch 2: a batch of 1 could be specialized into the graph
     partial = path.with_name(f".{path.name}.partial")
     partial.unlink(missing_ok=True)
     try:
-        with _exporter_quiet(), torch.no_grad():
-            if uses_packed_int8(net):
+        with _exporter_quiet(), torch.no_grad(), _composite_attention():
+            if packed:
                 torch.onnx.export(net, example, str(partial), dynamo=False, opset_version=opset,
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
@@ -156,9 +181,25 @@ def write_onnx(net: nn.Module, input_shape: Sequence[int], path: str | os.PathLi
             onnx.save(model, str(partial))
         onnx.checker.check_model(str(partial), full_check=True)
         partial.rename(path)
+    except (RuntimeError, torch.onnx.errors.OnnxExporterError, onnx.checker.ValidationError) as err:
+        # what the exporter cannot translate (the TorchScript exporter on torch.ao's int8 attention, say)
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise OnnxExportError(f"torch.onnx cannot export {type(net).__name__}: {first[:300]}") from err
     finally:
         partial.unlink(missing_ok=True)
     return path.stat().st_size
+
+
+@contextlib.contextmanager
+def _composite_attention():
+    # torch's TransformerEncoderLayer runs one fused kernel in inference (aten::_transformer_encoder_layer_fwd),
+    # which no ONNX opset has; with the fast path off it runs as the attention and linear ops it is made of
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 @contextlib.contextmanager

@@ -230,7 +230,7 @@ class QuantizationAwareTraining(CompressionTechnique):
         self.include, self.exclude = check_patterns(include, exclude)
         self.selected_at_start: list[str] = []  # resolved by check_model, on the network as configured
         self.layers: list[str] = []  # the selection on the network as it is now
-        self.skipped: list[str] = []  # quantizable layers not selected (int8 keeps them in float)
+        self.skipped: list[str] = []  # layers of the mode's types not quantized (int8 keeps them in float)
         self.left_out: dict[str, str] = {}  # selected by the patterns, left out (their parent reads their weight)
         self._phase: tuple[bool, bool, bool] | None = None
 
@@ -261,10 +261,12 @@ class QuantizationAwareTraining(CompressionTechnique):
     def _select(self, net: nn.Module) -> None:
         """The selection on ``net`` as it is now: what the patterns match, plus the layers that replaced a
         selected one (a low-rank layer's factors stand where the selected Linear stood)."""
-        quantizable = [n for n, m in net.named_modules() if n and is_of_type(m, self.module_types)
-                       and read_by_parent(net, n) is None]
+        typed = [n for n, m in net.named_modules() if n and is_of_type(m, self.module_types)]
+        quantizable = [n for n in typed if read_by_parent(net, n) is None]
         self.layers = follow_selection(quantizable, self.include, self.exclude, self.selected_at_start)
-        self.skipped = [n for n in quantizable if n not in self.layers]
+        # int8 keeps these in float: a layer whose parent reads its weight included (torch.ao would swap it for a
+        # fake-quantized layer its parent never calls, which then stays in the converted network)
+        self.skipped = [n for n in typed if n not in self.layers]
 
     # --- hooks -----------------------------------------------------------------------------------------------
 

@@ -125,6 +125,7 @@ def prepare_qat(net: nn.Module, input_shape: Sequence[int], per_channel: bool = 
         from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
         torch.backends.quantized.engine = backend
+        _unfold_library_layers(net)
         was_training = net.training
         net.train()
         try:
@@ -138,6 +139,62 @@ def prepare_qat(net: nn.Module, input_shape: Sequence[int], per_channel: bool = 
         finally:
             net.train(was_training)
     prepared.train(was_training)
+    _refuse_traced_batch_norm(prepared, type(net).__name__)
+    return _dropout_as_modules(prepared)
+
+
+def _batch_norm_act(module: nn.Module) -> nn.Module:
+    # timm's BatchNormAct2d: a BatchNorm2d whose own forward calls F.batch_norm, then its `drop` and `act`
+    norm = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                          module.track_running_stats)
+    norm.load_state_dict(nn.BatchNorm2d.state_dict(module))
+    return nn.Sequential(norm, module.drop, module.act)
+
+
+# Library layers that torch.fx would trace into functional calls with their training flag written down as a
+# constant (timm's BatchNormAct2d calls F.batch_norm(training=self.training): prepared in training mode, the int8
+# network normalized by each batch's statistics at inference), by qualified class name -> the torch modules that
+# compute the same; torch.ao then fuses the convolution before them with the BatchNorm, as for torch's own.
+UNFOLDED_FOR_TRACING = {"timm.layers.norm_act.BatchNormAct2d": _batch_norm_act}
+
+
+def _unfold_library_layers(net: nn.Module) -> None:
+    for name, module in list(net.named_modules()):
+        unfold = UNFOLDED_FOR_TRACING.get(f"{type(module).__module__}.{type(module).__qualname__}")
+        if unfold is not None and name:
+            parent, _, child = name.rpartition(".")
+            setattr(net.get_submodule(parent) if parent else net, child, unfold(module))
+
+
+def _refuse_traced_batch_norm(prepared: torch.fx.GraphModule, network: str) -> None:
+    """Raise ``ValueError`` when the traced network calls ``F.batch_norm`` with ``training`` fixed to a constant:
+    its int8 form would normalize every inference batch by its own statistics."""
+    for node in prepared.graph.nodes:
+        if node.op == "call_function" and node.target is torch.nn.functional.batch_norm:
+            training = node.kwargs.get("training", node.args[5] if len(node.args) > 5 else False)
+            if training is True:
+                raise ValueError(f"{network} calls F.batch_norm in its forward ({node.name}), which torch.ao FX "
+                                 "traces with training=True written down, so its int8 network would normalize by "
+                                 "each batch: use nn.BatchNorm modules there, or leave the layer out of int8")
+
+
+def _dropout_as_modules(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Each ``F.dropout(x, p, training=self.training)`` of the traced network as an ``nn.Dropout(p)`` submodule:
+    tracing wrote the flag down as the constant it had (True: prepared in training mode), so timm's GhostNet
+    dropped activations in eval, and its int8 network at inference. The module follows ``train()``/``eval()``."""
+    graph = prepared.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in (torch.nn.functional.dropout, torch.dropout):
+            continue
+        arguments = dict(zip(("input", "p", "training", "inplace"), node.args, strict=False)) | dict(node.kwargs)
+        name = f"{node.name}_dropout"
+        prepared.add_submodule(name, nn.Dropout(float(arguments.get("p", 0.5))))
+        with graph.inserting_before(node):
+            module_call = graph.call_module(name, (arguments["input"],))
+        node.replace_all_uses_with(module_call)
+        graph.erase_node(node)
+    graph.lint()
+    prepared.recompile()
     return prepared
 
 
@@ -191,7 +248,43 @@ def convert(prepared: nn.Module) -> nn.Module:
         for module in _each_fake_quant(prepared):
             observed = module.activation_post_process.min_val
             module.enable_observer(not (observed.numel() > 0 and bool(torch.isfinite(observed).all())))
-        return convert_fx(prepared).eval()
+        return _means_keep_dims(convert_fx(prepared)).eval()
+
+
+def _means_keep_dims(converted: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Each ``x.mean(dims)`` of the integer network computed as :func:`mean_keeping_dims`: the same values, but
+    torch's quantized mean of a channels-last tensor fails when it drops dimensions of a wide input ("required rank
+    4 tensor to use channels_last format": the global pool of 1,280 channels of MnasNet and ShuffleNetV2, where 8
+    channels run)."""
+    graph = converted.graph
+    for node in list(graph.nodes):
+        is_mean = (node.op == "call_method" and node.target == "mean") or (
+            node.op == "call_function" and node.target is torch.mean)
+        if not is_mean or len(node.args) != 2 or node.kwargs:
+            continue
+        dims = node.args[1]
+        if not isinstance(dims, (list, tuple)) or not dims or not all(isinstance(d, int) for d in dims):
+            continue
+        with graph.inserting_after(node):
+            kept = graph.call_function(mean_keeping_dims, (node.args[0], tuple(dims)))
+        node.replace_all_uses_with(kept)
+        graph.erase_node(node)
+    graph.lint()
+    converted.recompile()
+    return converted
+
+
+def mean_keeping_dims(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``x.mean(dims)``, computed with the dimensions kept and then dropped: trailing ones by one ``flatten`` (a
+    global pool's ``[N, C, 1, 1]`` to ``[N, C]``; the ONNX exporter keeps the batch dynamic), others one by one."""
+    kept = x.mean(list(dims), keepdim=True)
+    rank = x.dim()
+    axes = sorted({d % rank for d in dims})
+    if axes == list(range(rank - len(axes), rank)) and axes[0] > 0:
+        return kept.flatten(axes[0] - 1)
+    for axis in reversed(axes):
+        kept = kept.squeeze(axis)
+    return kept
 
 
 QUANTIZED_DTYPES = (torch.qint8, torch.quint8, torch.qint32)

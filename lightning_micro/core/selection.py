@@ -13,8 +13,9 @@ from collections.abc import Iterable, Sequence
 from torch import nn
 
 # Modules that read a child's weight themselves instead of calling the child: replacing or wrapping that child
-# does not change what they compute (nn.MultiheadAttention passes out_proj.weight to its functional forward).
-READS_CHILD_WEIGHTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+# does not change what they compute (nn.MultiheadAttention passes out_proj.weight to its functional forward;
+# nn.TransformerEncoderLayer's inference fast path passes linear1's, linear2's and its norms' weights to one kernel).
+READS_CHILD_WEIGHTS: tuple[type[nn.Module], ...] = (nn.MultiheadAttention, nn.TransformerEncoderLayer)
 
 
 def read_by_parent(net: nn.Module, name: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lightning_micro.core import int8_backend
@@ -99,3 +100,72 @@ def test_a_stop_during_preparation_passes_through_as_itself(monkeypatch, backend
     with pytest.raises(type(stop)) as raised:
         int8_backend.prepare_qat(LeNet5(), [1, 28, 28], backend=backend)
     assert raised.value is stop
+
+
+class _WideGlobalMean(nn.Module):  # MnasNet's and ShuffleNetV2's head: 1,280 channels averaged by x.mean([2, 3])
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1280, 1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(1280, 10)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv(x)).mean([2, 3]))
+
+
+class _FunctionalTraining(nn.Module):  # a forward that reads self.training itself, as timm's layers do
+    def __init__(self, batch_norm: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.BatchNorm2d(8)
+        self.batch_norm = batch_norm
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.batch_norm:
+            n = self.norm
+            x = F.batch_norm(x, n.running_mean, n.running_var, n.weight, n.bias, self.training, 0.1, n.eps)
+        x = F.dropout(x, 0.5, training=self.training)
+        return self.fc(x.mean([2, 3]))
+
+
+def _converted(net: nn.Module, shape) -> nn.Module:
+    prepared = int8_backend.prepare_qat(net, shape)
+    for _ in range(3):
+        prepared(torch.randn(8, *shape))
+    return int8_backend.convert(prepared)
+
+
+def test_a_wide_global_mean_runs_in_the_integer_network():
+    # torch's quantized mean of a channels-last [N, 1280, 1, 1] tensor failed when it dropped the dimensions
+    # ("required rank 4 tensor to use channels_last format")
+    converted = _converted(_WideGlobalMean(), [3, 1, 1])  # a 32x32 image after a 32x downsampling
+    x = torch.randn(2, 3, 1, 1)
+    assert converted(x).shape == (2, 10)
+
+
+def test_dropout_written_down_by_tracing_follows_eval_again():
+    prepared = int8_backend.prepare_qat(_FunctionalTraining(batch_norm=False), [3, 8, 8])
+    x = torch.randn(4, 3, 8, 8)
+    prepared(x)  # observed once, then the ranges stay put between the two calls below
+    prepared.eval()
+    int8_backend.set_observers(prepared, False)
+    with torch.no_grad():
+        assert torch.equal(prepared(x), prepared(x))  # traced in training mode, it dropped at random in eval
+    converted = _converted(_FunctionalTraining(batch_norm=False), [3, 8, 8])
+    assert torch.equal(converted(x), converted(x))
+
+
+def test_a_functional_batch_norm_with_its_flag_written_down_is_refused():
+    with pytest.raises(ValueError, match=r"calls F.batch_norm in its forward .* normalize by each batch"):
+        int8_backend.prepare_qat(_FunctionalTraining(batch_norm=True), [3, 8, 8])
+
+
+def test_timms_batch_norm_act_is_unfolded_and_the_integer_network_does_not_normalize_by_the_batch():
+    timm = pytest.importorskip("timm")
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), timm.layers.BatchNormAct2d(8, act_layer=nn.ReLU),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    converted = _converted(net, [3, 8, 8])
+    x = torch.randn(6, 3, 8, 8)
+    assert torch.equal(converted(x)[:2], converted(x[:2]))  # each image's logits, whatever the batch
