@@ -53,6 +53,20 @@ def overhead_rows(payload: dict) -> list[str]:
     ]
 
 
+def cost_rows(payload: dict) -> list[str]:
+    rows = []
+    for network, result in payload["results"].items():
+        for technique, r in result["techniques"].items():
+            if "refused" in r:
+                rows.append(f"| {network} | {result['params'] / 1e6:.2f}M | {technique} | refused: "
+                            f"{r['refused'].split(' (')[0]} | - | - |")
+                continue
+            rows.append(f"| {network} | {result['params'] / 1e6:.2f}M | {technique} | {r['step_ratio']:.3f}x | "
+                        f"{r['step_s'] * 1000:.1f} (dense {result['dense']['step_s'] * 1000:.1f}) | "
+                        f"{r['one_time_s']:.1f} |")
+    return rows
+
+
 def qat_rows(payload: dict) -> list[str]:
     rows = []
     for name, result in payload["results"].items():
@@ -311,6 +325,10 @@ DOCS_TABLES = {
          "TensorLy-Torch blocktt factorized / reconstructed ms | tt speedup | MACs fewer |",
          "|---|---|---|---|---|---|---|---|---|---|"),
         [("decomposition_speed.json", decomposition_speed_rows)]),
+    "cost": (
+        ("| network | params | technique | step vs dense | step ms (dense) | one-time s |",
+         "|---|---|---|---|---|---|"),
+        [("cost.json", cost_rows)]),
     "composition": (
         ("| run | overrides | test acc | vs dense (pp) | artifact bytes (smaller) | conv MACs fewer | speed-up b64 | "
          "bars |", "|---|---|---|---|---|---|---|---|"),
@@ -374,7 +392,8 @@ if __name__ == "__main__":
                                 ("structured speed", "structured_speed.json", structured_speed_rows),
                                 ("layerdrop", "layerdrop.json", layerdrop_rows),
                                 ("layerdrop speed", "layerdrop_speed.json", structured_speed_rows),
-                                ("onnx", "onnx.json", onnx_rows)):
+                                ("onnx", "onnx.json", onnx_rows),
+                                ("cost", "cost.json", cost_rows)):
         payload = load(name)
         if payload:
             print(f"\n{title}:\n" + "\n".join(render(payload)))
