@@ -28,3 +28,21 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 def _clear_hydra():
     yield
     GlobalHydra.instance().clear()
+
+
+# The library-architecture matrix (tests/test_library_*.py): one reloading process and one teacher per test file.
+# Imported when first asked for, so that the rest of the suite does not load timm.
+@pytest.fixture(scope="module")
+def reloader(tmp_path_factory):
+    from tests.helpers.library_matrix import Reloader
+
+    process = Reloader(tmp_path_factory.mktemp("reloader"))
+    yield process
+    process.close()
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    from tests.helpers.library_matrix import teacher_artifact
+
+    return teacher_artifact(tmp_path_factory.mktemp("teacher"))

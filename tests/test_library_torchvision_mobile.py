@@ -8,21 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.library_matrix import CELLS, Reloader, check_cell, teacher_artifact
+from tests.helpers.library_matrix import CELLS, check_cell
 
 NETWORKS = ['tv_mobilenet_v3_small', 'tv_shufflenet_v2_x0_5', 'tv_squeezenet1_1']
-
-
-@pytest.fixture(scope="module")
-def reloader(tmp_path_factory):
-    process = Reloader(tmp_path_factory.mktemp("reloader"))
-    yield process
-    process.close()
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    return teacher_artifact(tmp_path_factory.mktemp("teacher"))
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
