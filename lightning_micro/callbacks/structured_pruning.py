@@ -183,10 +183,10 @@ class StructuredPruning(CompressionTechnique):
             raise ValueError(f"include {self.include} minus exclude {self.exclude} leaves no layer whose channels "
                              f"can be removed; candidates: {', '.join(candidates) or 'none'}")
         for group in chosen:
-            if self.min_channels > group.size:
+            if group.unit == "channel" and self.min_channels > group.size:
                 raise ValueError(f"min_channels={self.min_channels} is more than {group.name} has ({group.size} "
                                  "channels); allowed: 1 to the smallest selected layer's channels "
-                                 f"({min(g.size for g in chosen)})")
+                                 f"({min(g.size for g in chosen if g.unit == 'channel')})")
             if self.importance == "bn_scale" or self.bn_penalty:
                 if not any(isinstance(net.get_submodule(m), nn.modules.batchnorm._BatchNorm) and side == channels.OUT
                            for m, side, _, _ in group.members):
@@ -216,8 +216,10 @@ class StructuredPruning(CompressionTechnique):
     def initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.bn_penalty:
             self.add_loss_term(pl_module, "structured/bn_l1", self._bn_l1)
+        heads = sum(g.unit == "head" for g in self.groups)
         rank_zero_info(f"StructuredPruning: {len(self.groups)} channel groups "
-                       f"({', '.join(g.name for g in self.groups)}), {self.channel_ratio:.0%} of channels by "
+                       + (f"({heads} of attention heads) " if heads else "")
+                       + f"({', '.join(g.name for g in self.groups)}), {self.channel_ratio:.0%} of channels by "
                        f"{self.importance}, removed at {self.remove_at!r}"
                        + "".join(f"; left whole {name}: {why}" for name, why in self.left_whole.items()))
 
@@ -294,13 +296,13 @@ class StructuredPruning(CompressionTechnique):
         self.target = self.ratio_at(step, self.channel_ratio)
         scores = [channels.channel_importance(net, g, self.importance) for g in self.groups]
         alive = [self.kept.get(g.name, list(range(g.size))) for g in self.groups]
-        counts = [channels.kept_count(g.size, self.ratio_at(step, final), self.min_channels, self.round_to)
+        counts = [channels.kept_count(g.size, self.ratio_at(step, final), *self._floor_and_rounding(g))
                   for g, final in zip(self.groups, self.finals, strict=True)]
         if self.scope == "global":
             fixed = {i: counts[i] for i in self.overridden}
-            floors = [min(g.size, self.min_channels) for g in self.groups]
+            floors = [min(g.size, self._floor_and_rounding(g)[0]) for g in self.groups]
             counts = channels.global_counts(scores, alive, self.target, fixed, floors)
-            counts = [channels.kept_count(g.size, 1 - c / g.size, self.min_channels, self.round_to) if i not in fixed
+            counts = [channels.kept_count(g.size, 1 - c / g.size, *self._floor_and_rounding(g)) if i not in fixed
                       else c for i, (g, c) in enumerate(zip(self.groups, counts, strict=True))]
         kept = channels.select_channels(scores, counts, alive)
         kept = trainer.strategy.broadcast(kept, src=0)  # identical on every rank, whatever the arithmetic
@@ -313,6 +315,11 @@ class StructuredPruning(CompressionTechnique):
         if self.log_layers:
             metrics.update({f"structured/kept/{g.name}": float(len(self.kept[g.name])) for g in self.groups})
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False, rank_zero_only=True)
+
+    def _floor_and_rounding(self, group: channels.ChannelGroup) -> tuple[int, int]:
+        """``(min_channels, round_to)`` of ``group``: a group of attention heads keeps one head at least, unrounded
+        (its channels come in whole heads already)."""
+        return (self.min_channels, self.round_to) if group.unit == "channel" else (1, 1)
 
     def _kept_lists(self) -> list[list[int]]:
         return [self.kept.get(g.name, list(range(g.size))) for g in self.groups]
@@ -352,7 +359,8 @@ class StructuredPruning(CompressionTechnique):
         return sum(len(k) for k in self._kept_lists()) / max(total, 1)
 
     def kept_summary(self) -> str:
-        return ", ".join(f"{g.name} {len(k)}/{g.size}" for g, k in zip(self.groups, self._kept_lists(), strict=True))
+        return ", ".join(f"{g.name} {len(k)}/{g.size}{' heads' if g.unit == 'head' else ''}"
+                         for g, k in zip(self.groups, self._kept_lists(), strict=True))
 
     @override
     def report_fields(self, net: nn.Module) -> dict[str, int | float | str]:

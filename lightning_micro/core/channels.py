@@ -69,6 +69,8 @@ class ChannelGroup:
             indices in that dimension and, aligned with them, the group channel each belongs to.
         producers: names of the Conv/Linear layers writing the channels (patterns select groups by these).
         unsupported: why the group's channels cannot be removed consistently (``""`` when they can).
+        unit: ``"channel"``, or ``"head"`` for the attention heads of one attention module (each "channel" of
+            the group is then a head: its query, key and value rows and its slice of the output projection).
     """
 
     name: str
@@ -76,6 +78,7 @@ class ChannelGroup:
     members: list[tuple[str, str, list[int], list[int]]]
     producers: list[str] = field(default_factory=list)
     unsupported: str = ""
+    unit: str = "channel"
 
     def member_indices(self, kept: Sequence[int]) -> dict[tuple[str, str], list[int]]:
         """``{(module, side): indices kept in that dimension}`` when the group keeps channels ``kept``."""
@@ -122,13 +125,67 @@ def channel_groups(net: nn.Module, example_input: torch.Tensor) -> list[ChannelG
         if not any(side == IN for _, side, _, _ in members) or not producers:
             continue  # the network's outputs
         size = len(set(members[0][3]))
-        reason = f"it couples {', '.join(unsupported)}, whose channels cannot be removed" if unsupported else ""
+        more = f" and {len(unsupported) - 3} more" if len(unsupported) > 3 else ""
+        reason = (f"it couples {', '.join(unsupported[:3])}{more}, whose channels cannot be removed" if unsupported
+                  else "")
         if not reason and any(len(idx) != len(roots) or any(r >= size for r in roots)
                               for _, _, idx, roots in members):
             reason = "Torch-Pruning maps its channels inconsistently (a slice or a concatenation it cannot follow)"
         groups.append(ChannelGroup(producers[0], size, members, producers, reason))
+    heads = head_groups(net)
+    if heads:  # a head group replaces what the graph says of its projections' head dimensions
+        split = {(m, side) for g in heads for m, side, _, _ in g.members}
+        groups = [g for g in groups if not any((m, side) in split for m, side, _, _ in g.members)] + heads
     groups.sort(key=lambda g: order[g.name])
     return groups
+
+
+# --- attention heads -----------------------------------------------------------------------------------------
+
+def attention_modules(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``[(name, module)]`` of the multi-head attention modules of ``net`` in the fused-projection form the
+    zoo's ``VisionTransformer`` and timm's ``Attention`` share: a ``qkv`` Linear writing ``[q | k | v]``, each
+    head-major, a ``proj`` Linear reading the heads' outputs in head order, and an integer ``head_dim``. A
+    normalization between the heads and ``proj`` (timm's ``scale_norm``) or a gate leaves a module out."""
+    found = []
+    for name, module in net.named_modules():
+        qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
+        head_dim = getattr(module, "head_dim", None)
+        if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(head_dim, int)):
+            continue
+        plain = (isinstance(getattr(module, "norm", nn.Identity()), nn.Identity)
+                 and getattr(module, "gate", None) is None)
+        if plain and head_dim > 0 and qkv.out_features == 3 * proj.in_features and proj.in_features % head_dim == 0:
+            found.append((name, module))
+    return found
+
+
+def head_groups(net: nn.Module) -> list[ChannelGroup]:
+    """One group per attention module of :func:`attention_modules`: its heads, each removed with its query, key
+    and value rows of ``qkv`` and its input columns of ``proj``."""
+    groups = []
+    for name, module in attention_modules(net):
+        prefix = f"{name}." if name else ""
+        width, head_dim = module.proj.in_features, module.head_dim
+        heads = width // head_dim
+        rows = [part * width + h * head_dim + d for part in range(3) for h in range(heads) for d in range(head_dim)]
+        row_heads = [h for _ in range(3) for h in range(heads) for _ in range(head_dim)]
+        columns = list(range(width))
+        members = [(prefix + "qkv", OUT, rows, row_heads),
+                   (prefix + "proj", IN, columns, [c // head_dim for c in columns])]
+        groups.append(ChannelGroup(name or "attention", heads, members, [prefix + "qkv"], unit="head"))
+    return groups
+
+
+def _set_head_counts(net: nn.Module) -> None:
+    """After a removal: the head count and width an attention module stores (timm's ``num_heads`` and
+    ``attn_dim``) follow its projections (the zoo's ``Attention`` reads them from ``qkv``)."""
+    for _, module in attention_modules(net):
+        heads = module.proj.in_features // module.head_dim
+        if isinstance(getattr(module, "num_heads", None), int):
+            module.num_heads = heads
+        if isinstance(getattr(module, "attn_dim", None), int):
+            module.attn_dim = heads * module.head_dim
 
 
 # --- importance -----------------------------------------------------------------------------------------------
@@ -327,6 +384,7 @@ def remove_channels(net: nn.Module, plan: Mapping[str, Mapping[str, Sequence[int
             module._buffers[attr] = value
     for module_name, sides in plan.items():
         _set_sizes(net.get_submodule(module_name), {side: len(indices) for side, indices in sides.items()})
+    _set_head_counts(net)
     return net
 
 

@@ -200,3 +200,45 @@ def test_a_network_torch_pruning_cannot_trace_is_refused_in_one_line():
                                          r"\(ZeroDivisionError in its index_mapping\.") as err:
         channels.channel_groups(shufflenet, torch.zeros(1, 3, 32, 32))
     assert "\n" not in str(err.value)
+
+
+def _vit_nets():
+    import timm
+
+    from lightning_micro.models import VisionTransformer
+
+    zoo = VisionTransformer([1, 16, 16], 10, patch_size=4, dim=32, depth=2, num_heads=4, mlp_dim=48)
+    timm_vit = timm.models.vision_transformer.VisionTransformer(img_size=16, patch_size=4, in_chans=1, embed_dim=32,
+                                                                depth=2, num_heads=4, num_classes=10)
+    return {"zoo": zoo, "timm": timm_vit}
+
+
+@pytest.mark.parametrize("which", ["zoo", "timm"])
+def test_attention_heads_go_whole_with_their_qkv_rows_and_proj_columns(which):
+    torch.manual_seed(0)
+    net = _vit_nets()[which].eval()
+    x = torch.randn(3, 1, 16, 16)
+    groups = channels.check_removable(net, channels.channel_groups(net, x), x)
+    heads = [g for g in groups if g.unit == "head"]
+    # one group of 4 heads per block (timm's attention used to stay whole: its qkv reshape broke the removal)
+    assert [(g.name, g.size, g.unsupported) for g in heads] == [("blocks.0.attn", 4, ""), ("blocks.1.attn", 4, "")]
+    assert not any(g.producers == ["blocks.0.attn.qkv"] for g in groups if g.unit == "channel")
+    mlp = [g for g in groups if g.unit == "channel" and not g.unsupported]
+    assert len(mlp) == 2 and all(g.size == (48 if which == "zoo" else 128) for g in mlp)  # the MLPs' hidden neurons
+    kept = [[1, 3], [0]] + [list(range(0, g.size, 2)) for g in mlp]
+    chosen = heads + mlp
+    masked = copy.deepcopy(net)
+    with torch.no_grad():
+        for name, mask in channels.channel_masks(masked, chosen, kept).items():
+            masked.get_parameter(name).mul_(mask)
+    thin = channels.remove_channels(copy.deepcopy(masked), channels.removal_plan(masked, chosen, kept))
+    with torch.no_grad():
+        torch.testing.assert_close(thin(x), masked(x), rtol=1e-5, atol=1e-5)
+    attn = thin.blocks[0].attn
+    assert attn.qkv.weight.shape == (3 * 2 * 8, 32) and attn.proj.weight.shape == (32, 2 * 8)
+    # head h's query, key and value rows went together: the kept rows are heads 1 and 3 of each of q, k and v
+    rows = net.blocks[0].attn.qkv.weight.detach()
+    expected = torch.cat([rows[part * 32 + h * 8: part * 32 + (h + 1) * 8] for part in range(3) for h in (1, 3)])
+    assert torch.equal(attn.qkv.weight.detach(), expected)
+    if which == "timm":  # what timm's forward reads follows the projections
+        assert (attn.num_heads, attn.attn_dim, thin.blocks[1].attn.num_heads) == (2, 16, 1)
