@@ -77,10 +77,11 @@ def check_bars(figures: dict, bars: dict) -> dict:
                   "met": figures.get(key) is not None and figures[key] >= bar} for key, bar in bars.items()}
 
 
-def speed_against_dense(results: dict, models: tuple[str, ...], rounds: int) -> dict:
+def speed_against_dense(results: dict, models: tuple[str, ...], rounds: int,
+                        input_shapes: dict[str, list[int]] | None = None) -> dict:
     """Reload the artifact of every ``<model>_*`` run of ``results`` and time them all in this process: per model
     and batch size (64, 1), the median over ``rounds`` interleaved rounds of ``torch.utils.benchmark`` medians (one
-    thread) and the speed-up against ``<model>_dense``."""
+    thread) and the speed-up against ``<model>_dense``; inputs are ``input_shapes[model]`` (default 1x28x28)."""
     from lightning_micro.artifact.format import load_compressed
     from lightning_micro.report.measure import measure_latency_ms
 
@@ -89,7 +90,8 @@ def speed_against_dense(results: dict, models: tuple[str, ...], rounds: int) -> 
         names = [n for n in results if n.startswith(model + "_")]
         nets = {n: load_compressed(ROOT / results[n]["runs"][0]["run_dir"] / "model.safetensors") for n in names}
         for batch in (64, 1):
-            per_round = [measure_latency_ms(nets, [1, 28, 28], batch, num_threads=1, min_run_time=0.3, rounds=1)
+            shape = (input_shapes or {}).get(model, [1, 28, 28])
+            per_round = [measure_latency_ms(nets, shape, batch, num_threads=1, min_run_time=0.3, rounds=1)
                          for _ in range(rounds)]
             ms = {n: statistics.median(r[n] for r in per_round) for n in nets}
             dense = ms[f"{model}_dense"]

@@ -181,6 +181,20 @@ def structured_speed_rows(payload: dict) -> list[str]:
     return rows
 
 
+def architecture_rows(payload: dict) -> list[str]:
+    rows = []
+    for name, result in payload["results"].items():
+        run, figures = result["runs"][0], result["figures"]
+        delta = figures.get("delta_vs_dense_pp")
+        rows.append(
+            f"| {name} | `{' '.join(result['overrides'])}` | {result['test_acc_mean']:.2%} | "
+            f"{'-' if delta is None else f'{delta:+.2f}'} | {run['params/total']:,} | {run['macs/effective']:,} "
+            f"({figures['macs_removed_pct']:.1f}% removed) | {run['size/artifact_bytes']:,} ({run['size/ratio']:.1f}x) "
+            f"| {run['latency/speedup_b64']:.2f}x | {bars_text(result)} |"
+        )
+    return rows
+
+
 LAYERDROP_ORDER = ("dense", "layerdrop", "removed_no_layerdrop", "shallow_scratch")
 
 
@@ -329,6 +343,13 @@ DOCS_TABLES = {
         ("| network | params | technique | step vs dense | step ms (dense) | one-time s |",
          "|---|---|---|---|---|---|"),
         [("cost.json", cost_rows)]),
+    "architectures": (
+        ("| run | overrides | test acc | vs dense (pp) | params | MACs / image | artifact bytes (smaller) | "
+         "speed-up b64 (in the run) | bars |", "|---|---|---|---|---|---|---|---|---|"),
+        [("architectures.json", architecture_rows)]),
+    "architectures_speed": (
+        ("| network | batch 64 ms (vs dense) | batch 1 ms (vs dense) |", "|---|---|---|"),
+        [("architectures_speed.json", structured_speed_rows)]),
     "composition": (
         ("| run | overrides | test acc | vs dense (pp) | artifact bytes (smaller) | conv MACs fewer | speed-up b64 | "
          "bars |", "|---|---|---|---|---|---|---|---|"),
@@ -392,6 +413,8 @@ if __name__ == "__main__":
                                 ("structured speed", "structured_speed.json", structured_speed_rows),
                                 ("layerdrop", "layerdrop.json", layerdrop_rows),
                                 ("layerdrop speed", "layerdrop_speed.json", structured_speed_rows),
+                                ("architectures", "architectures.json", architecture_rows),
+                                ("architectures speed", "architectures_speed.json", structured_speed_rows),
                                 ("onnx", "onnx.json", onnx_rows),
                                 ("cost", "cost.json", cost_rows)):
         payload = load(name)

@@ -29,6 +29,9 @@ from lightning_micro.callbacks.argument_checks import (
 from lightning_micro.callbacks.structure_change import change_structure
 from lightning_micro.callbacks.technique import CompressionTechnique
 from lightning_micro.core.schedules import is_run_start
+from lightning_micro.core.selection import output_layers
+
+OUTPUT_LAYER = "the output layer (name it in include, or set keep_output_layer false, to swap it)"
 
 
 class LayerLeftDense(ValueError):
@@ -45,6 +48,9 @@ class LayerSwap(CompressionTechnique):
         include: layer (module) name patterns, glob or ``re:``.
         exclude: name patterns of layers left alone.
         module_types: class names of the layers that may be swapped.
+        keep_output_layer: a wildcard leaves the layer writing the network's output (the classifier) as it is,
+            named in the log and the report (it writes the logits; its error reaches the loss undamped); an
+            ``include`` pattern naming it exactly, or ``False``, swaps it too.
     """
 
     transform: str = ""  # the registered transform that swaps the layers
@@ -55,8 +61,11 @@ class LayerSwap(CompressionTechnique):
     must_end_before = (("swap_at", "the swapped layers would never be trained"),)
 
     def __init__(self, swap_at: int | float | str, include: Sequence[str], exclude: Sequence[str],
-                 module_types: Sequence[str], allowed_types: Sequence[str]) -> None:
+                 module_types: Sequence[str], allowed_types: Sequence[str], keep_output_layer: bool = True) -> None:
         super().__init__()
+        if not isinstance(keep_output_layer, bool):
+            raise ValueError(f"keep_output_layer must be true or false, got {keep_output_layer!r}")
+        self.keep_output_layer = keep_output_layer
         self.swap_at = check_when("swap_at", swap_at)
         self.include, self.exclude = check_patterns(include, exclude)
         types = [module_types] if isinstance(module_types, str) else list(module_types)
@@ -83,8 +92,16 @@ class LayerSwap(CompressionTechnique):
         """Resolve the layers to swap and check that every one of them can be swapped as configured."""
         selected = select_layers(net, self.include, self.exclude, self.module_types, self.technique, self.takes)
         self.left_out = left_out_layers(net, self.include, self.exclude, self.module_types, self.takes)
+        # A wildcard leaves the output layer dense: it writes the logits, and its error reaches the loss undamped.
+        outputs = ([] if example_input is None or not self.keep_output_layer
+                   else output_layers(net, example_input, self.module_types))
+        for name in outputs:
+            if name in selected and name not in self.include:
+                self.left_out[name] = OUTPUT_LAYER
         self.layers = []
         for name in selected:
+            if name in self.left_out:
+                continue
             try:
                 self.layer_spec(name, net.get_submodule(name))
             except LayerLeftDense as err:
@@ -93,9 +110,12 @@ class LayerSwap(CompressionTechnique):
                 self.left_out[name] = str(err)
                 continue
             self.layers.append(name)
+        order = {name: i for i, (name, _) in enumerate(net.named_modules())}
+        self.left_out = dict(sorted(self.left_out.items(), key=lambda item: order.get(item[0], -1)))
         if not self.layers:
             raise ValueError(f"{self.technique}: no selected layer can be swapped: "
-                             + "; ".join(self.left_out[name] for name in selected))
+                             + "; ".join(reason if reason.startswith(self.technique) else f"{name}: {reason}"
+                                         for name, reason in self.left_out.items() if name in selected))
 
     def left_out_fields(self, prefix: str) -> dict[str, int | float | str]:
         """The report's ``<prefix>/left_out``: the layers the patterns matched that could not be swapped."""

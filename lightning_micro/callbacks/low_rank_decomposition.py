@@ -39,6 +39,8 @@ class LowRankDecomposition(LayerSwap):
         include: layer name patterns (glob or ``re:``).
         exclude: layer name patterns left alone.
         module_types: ``Linear`` and/or ``Conv2d``.
+        keep_output_layer: a wildcard leaves the output layer (the classifier) dense, named in the log and
+            report; ``False`` (or naming it in ``include``) factorizes it too.
 
     A layer a wildcard selects whose ``compression_ratio`` is out of reach (a 1-channel stem, a tiny head) is left
     dense, and named in the log and in the report's ``lowrank/left_out``.
@@ -65,8 +67,10 @@ class LowRankDecomposition(LayerSwap):
         include: Sequence[str] = ("*",),
         exclude: Sequence[str] = (),
         module_types: Sequence[str] = ("Linear", "Conv2d"),
+        keep_output_layer: bool = True,
     ) -> None:
-        super().__init__(swap_at, include, exclude, module_types, allowed_types=["Linear", "Conv2d"])
+        super().__init__(swap_at, include, exclude, module_types, allowed_types=["Linear", "Conv2d"],
+                         keep_output_layer=keep_output_layer)
         if conv_method not in CONV_METHODS:
             raise ValueError(f"conv_method must be one of {list(CONV_METHODS)}, got {conv_method!r}")
         if rank is not None and compression_ratio is not None:

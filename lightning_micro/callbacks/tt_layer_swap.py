@@ -43,6 +43,8 @@ class TTLayerSwap(LayerSwap):
         exclude: layer name patterns left dense.
         overrides: ``{pattern: compression_ratio}``: the layers a pattern matches get their own ratio (the first
             matching pattern wins), e.g. ``{"fc2": 5}`` beside ``compression_ratio: 30``.
+        keep_output_layer: a wildcard leaves the output layer (the classifier) dense, named in the log and
+            report; ``False`` (or naming it in ``include``) swaps it too.
 
     Raises:
         ValueError: an argument outside its allowed values, two of ``ranks`` / ``compression_ratio`` /
@@ -71,8 +73,10 @@ class TTLayerSwap(LayerSwap):
         include: Sequence[str] = ("*",),
         exclude: Sequence[str] = (),
         overrides: Mapping[str, float] | None = None,
+        keep_output_layer: bool = True,
     ) -> None:
-        super().__init__(swap_at, include, exclude, module_types=["Linear"], allowed_types=["Linear"])
+        super().__init__(swap_at, include, exclude, module_types=["Linear"], allowed_types=["Linear"],
+                         keep_output_layer=keep_output_layer)
         given = [name for name, value in (("ranks", ranks), ("compression_ratio", compression_ratio),
                                           ("energy", energy)) if value is not None]
         if len(given) > 1:
@@ -107,7 +111,7 @@ class TTLayerSwap(LayerSwap):
 
     @override
     def check_model(self, net: nn.Module, example_input: torch.Tensor | None = None) -> None:
-        super().check_model(net)
+        super().check_model(net, example_input)
         for pattern in self.overrides:
             if not any(name_matches(n, pattern) for n in self.layers):
                 raise ValueError(f"overrides: pattern {pattern!r} matches none of the selected layers "

@@ -10,6 +10,7 @@ import fnmatch
 import re
 from collections.abc import Iterable, Sequence
 
+import torch
 from torch import nn
 
 # Modules that read a child's weight themselves instead of calling the child: replacing or wrapping that child
@@ -78,3 +79,26 @@ def select_parameters(
             ):
                 chosen.append(full)
     return chosen
+
+
+def output_layers(net: nn.Module, example_input, module_types: Iterable[str] = ("Linear", "Conv2d")) -> list[str]:
+    """Names of the layers (of ``module_types``) that write the network's output: of one forward pass of
+    ``example_input``, the last layer called whose output has the network output's batch and channel sizes
+    (the classifier of a CNN or a transformer, the last 1x1 convolution of a fully convolutional one). Empty
+    when no such layer runs."""
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    hooks = [module.register_forward_hook(
+        lambda _m, _args, out, name=name: calls.append((name, tuple(out.shape))) if torch.is_tensor(out) else None)
+        for name, module in net.named_modules() if name and is_of_type(module, module_types)]
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            output = net.eval()(example_input)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        net.train(was_training)
+    if not torch.is_tensor(output) or output.dim() < 2:
+        return []
+    matching = [name for name, shape in calls if len(shape) >= 2 and shape[:2] == tuple(output.shape[:2])]
+    return matching[-1:]

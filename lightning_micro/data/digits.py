@@ -32,8 +32,9 @@ class DigitsDataModule(ImageDataModule):
         mean: Sequence[float] = (0.3053,),
         std: Sequence[float] = (0.3760,),
         num_workers: int = 0,
+        pad: int = 0,
     ) -> None:
-        super().__init__(input_shape, num_classes, batch_size, val_size, split_seed, mean, std, num_workers)
+        super().__init__(input_shape, num_classes, batch_size, val_size, split_seed, mean, std, num_workers, pad)
         if not isinstance(test_size, int) or test_size < 1:
             raise ValueError(f"test_size must be a positive integer, got {test_size!r}")
         self.test_size = test_size

@@ -159,6 +159,8 @@ class ImageDataModule(L.LightningDataModule):
         mean: per-channel normalization: the means subtracted.
         std: per-channel normalization: the standard deviations divided by.
         num_workers: DataLoader workers (0 serves batches from the main process).
+        pad: background (zero) pixels added on every side of each image before normalization (MNIST's 28x28
+            padded by 2 is the 32x32 that LeNet-5 and library networks take); ``input_shape`` is the padded shape.
     """
 
     def __init__(
@@ -171,6 +173,7 @@ class ImageDataModule(L.LightningDataModule):
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.5,),
         num_workers: int = 0,
+        pad: int = 0,
     ) -> None:
         super().__init__()
         input_shape = [int(v) for v in input_shape]
@@ -181,6 +184,9 @@ class ImageDataModule(L.LightningDataModule):
         _check_positive_int("val_size", val_size)
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0, got {num_workers!r}")
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"pad must be an integer >= 0 (pixels on every side), got {pad!r}")
+        self.pad = pad
         channels = input_shape[0]
         if len(mean) != channels or len(std) != channels:
             raise ValueError(
@@ -206,10 +212,13 @@ class ImageDataModule(L.LightningDataModule):
 
     def _tensor_dataset(self, train: bool) -> TensorDataset:
         images, labels = self.load_split(train)
+        if self.pad:
+            images = torch.nn.functional.pad(images, [self.pad] * 4)
         split = "train" if train else "test"
         if list(images.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"input_shape is {self.input_shape} but the {split} images are {list(images.shape[1:])}"
+                + (f" once padded by {self.pad}" if self.pad else "")
             )
         if int(labels.max()) >= self.num_classes:
             raise ValueError(f"num_classes is {self.num_classes} but the {split} labels go up to {int(labels.max())}")

@@ -217,8 +217,9 @@ class TorchvisionDataModule(ImageDataModule):
         std: Sequence[float] = (0.3081,),
         num_workers: int = 0,
         download: bool = True,
+        pad: int = 0,
     ) -> None:
-        super().__init__(input_shape, num_classes, batch_size, val_size, split_seed, mean, std, num_workers)
+        super().__init__(input_shape, num_classes, batch_size, val_size, split_seed, mean, std, num_workers, pad)
         data_dir = Path(default_data_dir() if data_dir is None else data_dir)
         if not data_dir.is_dir():
             raise ValueError(

@@ -47,7 +47,7 @@ def reloaded_outputs(path: Path, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("technique", [
-    lambda: LowRankDecomposition(swap_at=1, compression_ratio=2),
+    lambda: LowRankDecomposition(swap_at=1, compression_ratio=2, keep_output_layer=False),
     lambda: QuantizationAwareTraining(weight_bits=4, activation_bits=32, start=0),
 ], ids=["lowrank", "qat_4bit"])
 def test_attentions_out_proj_is_left_out_named_and_the_rest_trains_and_reloads(technique, tmp_path, caplog):
@@ -78,8 +78,9 @@ def test_a_pattern_that_names_only_such_a_layer_is_refused_with_the_reason(techn
         technique().check_model(AttentionClassifier().backbone)
 
 
-@pytest.mark.parametrize("technique", [lambda: TTLayerSwap(swap_at=1, ranks=4),
-                                       lambda: LowRankDecomposition(swap_at=1, compression_ratio=2)],
+@pytest.mark.parametrize("technique", [lambda: TTLayerSwap(swap_at=1, ranks=4, keep_output_layer=False),
+                                       lambda: LowRankDecomposition(swap_at=1, compression_ratio=2,
+                                                                    keep_output_layer=False)],
                          ids=["tt", "lowrank"])
 def test_a_transformer_encoder_layers_linears_are_left_out_and_inference_runs(technique, tmp_path):
     # torch's TransformerEncoderLayer hands linear1's and linear2's weights to one fused kernel in inference; a

@@ -64,9 +64,26 @@ def test_input_shape_must_match_the_data():
         dm.setup("fit")
 
 
+def test_padding_adds_background_on_every_side_before_normalizing():
+    dm = MNISTDataModule(data_dir=mnist_dir(), input_shape=[1, 32, 32], pad=2)
+    dm.prepare_data()
+    dm.setup("test")
+    plain = MNISTDataModule(data_dir=mnist_dir())
+    plain.setup("test")
+    padded, images = dm.test_set.tensors[0], plain.test_set.tensors[0]
+    assert padded.shape == (10000, 1, 32, 32)
+    assert torch.equal(padded[:, :, 2:30, 2:30], images)
+    background = (0 - 0.1307) / 0.3081
+    assert torch.allclose(padded[:, :, :2], torch.full_like(padded[:, :, :2], background))
+    with pytest.raises(ValueError, match=r"input_shape is \[1, 28, 28\] but the test images are \[1, 32, 32\] once "
+                                         r"padded by 2"):
+        MNISTDataModule(data_dir=mnist_dir(), pad=2).setup("test")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"batch_size": 0}, "batch_size"), ({"mean": [0.1, 0.2]}, "one value per channel"), ({"std": [0.0]}, "std")],
+    [({"pad": -1}, "pad must be an integer >= 0"), ({"pad": 1.5}, "pad must be an integer >= 0"),
+     ({"batch_size": 0}, "batch_size"), ({"mean": [0.1, 0.2]}, "one value per channel"), ({"std": [0.0]}, "std")],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
