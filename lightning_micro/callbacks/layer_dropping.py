@@ -158,6 +158,7 @@ class LayerDropping(CompressionTechnique):
 
         self.droppable: list[str] = []  # the droppable blocks, in depth order (check_model)
         self.bypass: dict[str, str] = {}  # droppable blocks run as their shortcut submodule when skipped
+        self.own_stochastic_depth: dict[str, float] = {}  # the blocks' own drop modules, turned off (check_model)
         self.probabilities: list[float] = []
         # Saved in checkpoints: the removed blocks and the losses that chose them.
         self.removed_blocks: list[str] = []
@@ -212,6 +213,7 @@ class LayerDropping(CompressionTechnique):
             raise ValueError(f"remove={self.remove} blocks, but {type(net).__name__} has {len(blocks)} droppable "
                              f"blocks ({', '.join(blocks)}); allowed: 1 to {len(blocks)}, or a fraction in (0, 1]")
         self.droppable = blocks
+        self.own_stochastic_depth = block_removal.own_stochastic_depth(net, blocks)
         self.bypass = {n: s for n, s in bypass.items() if n in blocks}
         self.probabilities = block_removal.drop_probabilities(len(blocks), self.p, self.rule)
 
@@ -231,8 +233,13 @@ class LayerDropping(CompressionTechnique):
     def initialize(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         plan = (f"{self.remove_count(len(self.droppable))} removed at {self.prune_at!r} ({self.removal})"
                 if self.prune_at is not None else "none removed")
+        # A block's own stochastic depth (torchvision's, timm's) would drop its branch on top of the whole block.
+        block_removal.turn_off_stochastic_depth(self.net_of(pl_module), list(self.own_stochastic_depth))
+        own = (f"; the blocks' own stochastic depth is off, whole blocks drop instead: "
+               f"{', '.join(f'{n} (p={p:g})' for n, p in self.own_stochastic_depth.items())}"
+               if self.own_stochastic_depth else "")
         rank_zero_info(f"LayerDropping: {len(self.droppable)} droppable blocks ({', '.join(self.droppable)}), "
-                       f"p={self.p} ({self.rule}); {plan}")
+                       f"p={self.p} ({self.rule}); {plan}{own}")
         if self.prune_at is not None and is_run_start(self.prune_at) and not self.removed(pl_module):
             self._remove(trainer, pl_module, during_fit=False)
 
@@ -368,6 +375,8 @@ class LayerDropping(CompressionTechnique):
             "layerdrop/removed": len(self.removed_blocks),
             "layerdrop/removed_blocks": ",".join(self.removed_blocks) or "none",
             "layerdrop/removal": "listed" if isinstance(self.remove, list) else self.removal}
+        if self.own_stochastic_depth:
+            fields["layerdrop/own_stochastic_depth_off"] = ", ".join(self.own_stochastic_depth)
         if self.loss_full is not None and self.loss_removed is not None:
             fields["layerdrop/val_loss_before_removal"] = self.loss_full
             fields["layerdrop/val_loss_blocks_removed"] = self.loss_removed

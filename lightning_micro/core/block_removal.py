@@ -203,6 +203,33 @@ def call_order(net: nn.Module, names: Sequence[str], example_input: torch.Tensor
     return list(_call_shapes(net, names, example_input))
 
 
+# The libraries' own stochastic-depth modules, by class name and the attribute holding their drop probability
+# (torchvision.ops.StochasticDepth, timm.layers.DropPath): recognised without importing either library.
+OWN_STOCHASTIC_DEPTH = {"StochasticDepth": "p", "DropPath": "drop_prob"}
+
+
+def own_stochastic_depth(net: nn.Module, blocks: Sequence[str]) -> dict[str, float]:
+    """``{module name: drop probability}`` of the libraries' own stochastic-depth modules (with a probability
+    above 0) inside the blocks ``blocks`` of ``net``: they drop a block's branch per sample, which a technique
+    dropping whole blocks replaces."""
+    prefixes = tuple(f"{b}." for b in blocks)
+    found = {}
+    for name, module in net.named_modules():
+        attribute = OWN_STOCHASTIC_DEPTH.get(type(module).__name__)
+        if attribute is not None and name.startswith(prefixes):
+            p = getattr(module, attribute, 0.0)
+            if isinstance(p, (int, float)) and p > 0:
+                found[name] = float(p)
+    return found
+
+
+def turn_off_stochastic_depth(net: nn.Module, names: Sequence[str]) -> None:
+    """Set the drop probability of the stochastic-depth modules ``names`` (of :func:`own_stochastic_depth`) to 0."""
+    for name in names:
+        module = net.get_submodule(name)
+        setattr(module, OWN_STOCHASTIC_DEPTH[type(module).__name__], 0.0)
+
+
 def drop_probabilities(count: int, p: float, rule: str) -> list[float]:
     """Each of ``count`` blocks' drop probability, in depth order: ``uniform`` gives every block ``p``
     (LayerDrop); ``linear`` gives the l-th of L blocks ``(l / L) p`` (stochastic depth's rule, the deepest block

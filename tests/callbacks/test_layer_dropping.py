@@ -408,3 +408,22 @@ def test_a_network_without_droppable_blocks_is_a_config_error_before_training(tm
     with pytest.raises(ConfigError, match=r"^compression.layerdrop: .*LayerDropping rejected its arguments: p must "
                                           r"be a number in \[0, 1\)"):
         train(cfg)
+
+
+def test_the_libraries_own_stochastic_depth_is_recognised_and_turned_off_where_whole_blocks_drop(tmp_path):
+    import timm
+
+    from tests.helpers.library_matrix import fit_cell
+
+    vit = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=4,
+                                                           num_heads=2, num_classes=10, drop_path_rate=0.3)
+    own = block_removal.own_stochastic_depth(vit, [f"blocks.{i}" for i in range(4)])
+    assert list(own) == [f"blocks.{i}.drop_path{j}" for i in range(1, 4) for j in (1, 2)]  # timm's DropPath
+    assert own["blocks.3.drop_path1"] == pytest.approx(0.3)
+    dropping = LayerDropping(p=0.2, prune_at=None)
+    # torchvision's EfficientNet: StochasticDepth inside every MBConv block, on its residual branch
+    trainer, module = fit_cell(tmp_path, "tv_efficientnet_b0", [dropping])
+    assert dropping.droppable and set(dropping.own_stochastic_depth) == {
+        f"{b}.stochastic_depth" for b in dropping.droppable if hasattr(module.net.get_submodule(b), "stochastic_depth")}
+    assert all(module.net.get_submodule(n).p == 0 for n in dropping.own_stochastic_depth)
+    assert dropping.report_fields(module.net)["layerdrop/own_stochastic_depth_off"].endswith("stochastic_depth")

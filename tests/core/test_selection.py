@@ -1,4 +1,6 @@
 import pytest
+import torch
+from torch import nn
 
 from lightning_micro.core.selection import check_pattern, name_matches, select_parameters
 from lightning_micro.models import LeNet5, MobileNet
@@ -30,3 +32,19 @@ def test_regex_matches_the_whole_name():
 def test_bad_regex():
     with pytest.raises(ValueError, match="not a valid regular expression"):
         check_pattern("re:fc[")
+
+
+def test_the_output_layer_is_the_last_layer_writing_the_logits():
+    import torchvision
+
+    from lightning_micro.core.selection import output_layers
+    from lightning_micro.models import LeNet300, VisionTransformer
+
+    assert output_layers(LeNet300([1, 28, 28], 10), torch.zeros(1, 1, 28, 28)) == ["fc3"]
+    vit = VisionTransformer([1, 16, 16], 10, patch_size=4, dim=16, depth=1, num_heads=2, mlp_dim=16)
+    assert output_layers(vit, torch.zeros(1, 1, 16, 16)) == ["head"]
+    # fully convolutional: SqueezeNet's last 1x1 convolution writes the classes, pooled after it
+    squeezenet = torchvision.models.squeezenet1_1(weights=None, num_classes=10)
+    assert output_layers(squeezenet, torch.zeros(1, 3, 32, 32)) == ["classifier.1"]
+    assert squeezenet.training  # put back as it was
+    assert output_layers(nn.Flatten(), torch.zeros(1, 3, 4)) == []
