@@ -48,9 +48,12 @@ class Int8Scheme:
     module_types = int8_backend.INT8_MODULE_TYPES
 
     def prepare_args(self, qat: QuantizationAwareTraining, pl_module: L.LightningModule) -> dict[str, Any]:
-        shape = list(example_input(pl_module, "QuantizationAwareTraining (int8)").shape[1:])
-        return {"input_shape": shape, "per_channel": qat.per_channel, "symmetric": qat.symmetric,
+        example = example_input(pl_module, "QuantizationAwareTraining (int8)")
+        args = {"input_shape": list(example.shape[1:]), "per_channel": qat.per_channel, "symmetric": qat.symmetric,
                 "skip": qat.skipped, "backend": qat.kernel_backend}
+        if example.dtype != torch.float32:  # token ids: the trace runs on integers
+            args["input_dtype"] = str(example.dtype).removeprefix("torch.")
+        return args
 
     def convert_args(self, qat: QuantizationAwareTraining) -> dict[str, Any]:
         return {}

@@ -105,20 +105,26 @@ def qconfig_mapping(per_channel: bool = True, symmetric: bool = True, skip: Sequ
     activation = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
                                         dtype=torch.quint8, reduce_range=True)
     mapping = QConfigMapping().set_global(QConfig(activation=activation, weight=weight))
+    # Embeddings are lookups (torch.ao has weight-only qparams for them, with no integer kernel): left float.
+    mapping.set_object_type(nn.Embedding, None).set_object_type(nn.EmbeddingBag, None)
     for name in skip:
         mapping.set_module_name(name, None)
     return mapping
 
 
 def prepare_qat(net: nn.Module, input_shape: Sequence[int], per_channel: bool = True, symmetric: bool = True,
-                skip: Sequence[str] = (), backend: str = "x86") -> nn.Module:
-    """``net`` traced and prepared for quantization-aware training (a ``GraphModule`` in train mode).
+                skip: Sequence[str] = (), backend: str = "x86", input_dtype: str = "float32") -> nn.Module:
+    """``net`` traced and prepared for quantization-aware training (a ``GraphModule`` in train mode), from an
+    example of ``input_shape`` and ``input_dtype`` (``int64`` for token ids).
 
     Raises:
         ValueError: the backend is unknown, or the network cannot be traced symbolically (torch.export for
             ``pt2e``).
     """
     check_backend(backend, per_channel, symmetric)
+    dtype = getattr(torch, input_dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"input_dtype must name a torch dtype (float32, int64, ...), got {input_dtype!r}")
     if backend == "pt2e":
         return int8_pt2e.prepare_qat(net, input_shape, skip)
     with _quiet():
@@ -130,7 +136,7 @@ def prepare_qat(net: nn.Module, input_shape: Sequence[int], per_channel: bool = 
         net.train()
         try:
             prepared = prepare_qat_fx(net, qconfig_mapping(per_channel, symmetric, skip),
-                                      (torch.zeros(2, *input_shape),))
+                                      (torch.zeros(2, *input_shape, dtype=dtype),))
         except int8_pt2e.NOT_ABOUT_THE_NETWORK:
             raise
         except Exception as err:  # torch.fx raises many types for code it cannot trace

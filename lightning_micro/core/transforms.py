@@ -70,8 +70,9 @@ def _weight_low_bit(net: nn.Module, layers: Sequence[str], bits: int, per_channe
 
 
 def _int8_qat_prepare(net: nn.Module, input_shape: Sequence[int], per_channel: bool, symmetric: bool,
-                      skip: Sequence[str], backend: str) -> nn.Module:
-    return int8_backend.prepare_qat(net, input_shape, per_channel, symmetric, skip, backend)
+                      skip: Sequence[str], backend: str, input_dtype: str = "float32") -> nn.Module:
+    # input_dtype: recorded only where it is not float32 (token ids), so earlier records replay unchanged
+    return int8_backend.prepare_qat(net, input_shape, per_channel, symmetric, skip, backend, input_dtype)
 
 
 def _int8_convert(net: nn.Module) -> nn.Module:

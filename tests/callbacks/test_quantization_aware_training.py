@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_micro.artifact.format import load_compressed, read_metadata, save_compressed
 from lightning_micro.callbacks import GradualMagnitudePruning, QuantizationAwareTraining
+from lightning_micro.contract import CompressionMixin, export_compressed
 from lightning_micro.data import DigitsDataModule
 from lightning_micro.report.measure import weight_tensors
 from lightning_micro.run.classifier import ClassifierModule
@@ -22,6 +23,7 @@ from tests.helpers.config import FAST, compose_cfg
 from tests.helpers.ddp import run_on_two_ranks
 from tests.helpers.fitting import COSINE, NET, SGD, StopAfterEpoch, trainer_for
 from tests.helpers.fresh_process import fresh_process_accuracy
+from tests.helpers.user_nets import TokenTransformer
 
 
 @pytest.mark.parametrize("overrides", [
@@ -206,3 +208,45 @@ def test_untraceable_network_fails_before_the_first_step_even_when_prepared_late
     with pytest.raises(ValueError, match="symbolically traceable"):
         trainer.fit(module, DigitsDataModule())
     assert trainer.global_step == 0
+
+
+class TokenClassifier(CompressionMixin, L.LightningModule):
+    """A user's module over token ids: its example input is integers, its network starts with an embedding."""
+
+    compressed_net_name = "net"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TokenTransformer()
+        self.example_input_array = torch.zeros(1, 12, dtype=torch.long)
+
+    def forward(self, ids):
+        return self.net(ids)
+
+    def compressed_net_spec(self):
+        return {"_target_": "tests.helpers.user_nets.TokenTransformer"}, ""
+
+    def training_step(self, batch, batch_idx):
+        ids, labels = batch
+        return torch.nn.functional.cross_entropy(self(ids), labels)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def test_a_transformer_over_token_ids_with_an_embedding_converts_to_int8_and_reloads(tmp_path):
+    # Used to fail at the first QAT step: FX gave the Embedding the weights' per-channel symmetric qscheme, and the
+    # trace ran on a float example that an embedding cannot index with.
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (64, 12))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, ids[:, 0] % 3), batch_size=16)
+    trainer = trainer_for(tmp_path, [QuantizationAwareTraining(start=1)], max_epochs=2, enable_checkpointing=False)
+    module = TokenClassifier()
+    trainer.fit(module, loader)
+    artifact = tmp_path / "model.safetensors"
+    export_compressed(trainer, artifact)
+    assert isinstance(module.net.get_submodule("embed"), torch.nn.Embedding)  # left float: a lookup
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in module.net.modules())
+    loaded = load_compressed(artifact, trusted=[TokenTransformer]).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids[:8]), module.net.eval()(ids[:8]))

@@ -65,3 +65,18 @@ class TokenAttentionNet(nn.Module):
         tokens = self.embed(x.flatten(1).view(-1, 8, 8))
         mixed, _ = self.attn(tokens, tokens, tokens, need_weights=False)
         return self.head((tokens + mixed).flatten(1))
+
+
+class TokenTransformer(nn.Module):
+    """A user's text classifier: token ids through an ``nn.Embedding``, torch's ``nn.TransformerEncoder`` (pre-norm
+    layers) and a linear head on the mean token."""
+
+    def __init__(self, vocab: int = 50, width: int = 32, depth: int = 2, num_classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(ids)).mean(1))
