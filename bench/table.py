@@ -195,6 +195,16 @@ def architecture_rows(payload: dict) -> list[str]:
     return rows
 
 
+def architecture_runtime_rows(payload: dict) -> list[str]:
+    rows = []
+    for model in payload.get("onnx_runtime", {}).values():
+        for name, ms in model["ms"].items():
+            rows.append(f"| {name} | {ms:.3f} | {model['vs_dense_pytorch'][name]:.2f}x |")
+        for name, error in model["not_exported"].items():
+            rows.append(f"| {name} (ONNX Runtime) | not exported: `{error[:90]}` | - |")
+    return rows
+
+
 LAYERDROP_ORDER = ("dense", "layerdrop", "removed_no_layerdrop", "shallow_scratch")
 
 
@@ -350,6 +360,9 @@ DOCS_TABLES = {
     "architectures_speed": (
         ("| network | batch 64 ms (vs dense) | batch 1 ms (vs dense) |", "|---|---|---|"),
         [("architectures_speed.json", structured_speed_rows)]),
+    "architectures_runtimes": (
+        ("| network (runtime) | batch 64 ms | vs dense fp32 PyTorch |", "|---|---|---|"),
+        [("architectures_speed.json", architecture_runtime_rows)]),
     "composition": (
         ("| run | overrides | test acc | vs dense (pp) | artifact bytes (smaller) | conv MACs fewer | speed-up b64 | "
          "bars |", "|---|---|---|---|---|---|---|---|"),
