@@ -90,7 +90,7 @@ CONFIGS = [
 CONFIGS += [
     ("model_unknown", ["model=lenet9000"], "model",
      "'lenet9000' is not an option of the model group; choose one of ['lenet300', 'lenet5', 'mobilenet', "
-     "'mobilenetv2', 'resnet20']"),
+     "'mobilenetv2', 'resnet20', 'shufflenet', 'tv_mobilenet_v3_small', 'vit_tiny']"),
     ("experiment_unknown", ["experiment=nope"], "experiment", "'nope' is not an option of the experiment group"),
     ("compression_unknown", ["compression=[gmp,nope]"], "compression", "'nope' is not an option"),
     ("data_unknown", ["data=imagenet"], "data", "choose one of ['cifar10', 'digits', 'fashion_mnist', 'mnist']"),

@@ -22,7 +22,8 @@ def test_unknown_group_option_lists_the_allowed_ones(tmp_path):
     out = run_cli(["model=lenet999", f"hydra.run.dir={tmp_path / 'run'}"])
     assert out.returncode == 2
     assert out.stderr == ("Error: model: 'lenet999' is not an option of the model group; choose one of "
-                          "['lenet300', 'lenet5', 'mobilenet', 'mobilenetv2', 'resnet20']\n")
+                          "['lenet300', 'lenet5', 'mobilenet', 'mobilenetv2', 'resnet20', 'shufflenet', "
+                          "'tv_mobilenet_v3_small', 'vit_tiny']\n")
     assert not (tmp_path / "run").exists()  # checked before Hydra creates the run directory
 
 
