@@ -91,27 +91,26 @@ def channel_groups(net: nn.Module, example_input: torch.Tensor) -> list[ChannelG
     """The coupled channel groups of ``net`` rooted at its Conv/Linear layers, in model order, found by
     Torch-Pruning's dependency graph on a copy of ``net`` (its BatchNorm statistics do not move). Groups whose
     channels no layer consumes (the network's outputs) are left out."""
-    import torch_pruning as tp  # imported here: only channel pruning needs it
-
     traced = copy.deepcopy(net).eval()
     names = {module: name for name, module in traced.named_modules()}
     order = {name: i for i, name in enumerate(names.values())}
     device = next((p.device for p in traced.parameters()), torch.device("cpu"))
-    try:
-        graph = tp.DependencyGraph().build_dependency(traced, example_inputs=example_input.to(device))
-    except Exception as err:  # noqa: BLE001 - Torch-Pruning fails in its own code on graphs it cannot map
-        where = traceback.extract_tb(err.__traceback__)[-1]
-        raise ValueError(f"Torch-Pruning cannot trace the channel dependencies of {type(net).__name__} "
-                         f"({type(err).__name__} in its {Path(where.filename).stem}.{where.name}, as on a channel "
-                         "shuffle's reshape); channel pruning cannot run on it: use GMP (connections) or "
-                         "layer dropping instead") from err
+    graph, unmapped = _dependency_graph(traced, example_input.to(device))
     groups = []
-    for group in graph.get_all_groups(root_module_types=(*_CONVS, nn.Linear)):
+    for root, group in _root_groups(graph):
+        if group is None:  # Torch-Pruning failed following this layer's channels: they stay whole
+            name = names[root]
+            size = graph.get_pruner_of_module(root).get_out_channels(root)
+            groups.append(ChannelGroup(name, size, [(name, OUT, list(range(size)), list(range(size)))], [name],
+                                       "Torch-Pruning cannot follow its channels past a channel shuffle"))
+            continue
         members = []
         unsupported = []
+        shuffled = False
         for item in group:
             module = item.dep.target.module
             name = names.get(module)
+            shuffled |= module in unmapped
             if name is None:  # an operation of the graph (addition, flatten), not a layer
                 continue
             side = OUT if graph.is_out_channel_pruning_fn(item.dep.handler) else IN
@@ -125,9 +124,12 @@ def channel_groups(net: nn.Module, example_input: torch.Tensor) -> list[ChannelG
         if not any(side == IN for _, side, _, _ in members) or not producers:
             continue  # the network's outputs
         size = len(set(members[0][3]))
+        unsupported = list(dict.fromkeys(unsupported))
         more = f" and {len(unsupported) - 3} more" if len(unsupported) > 3 else ""
         reason = (f"it couples {', '.join(unsupported[:3])}{more}, whose channels cannot be removed" if unsupported
                   else "")
+        if not reason and shuffled:
+            reason = "its channels pass a reshape whose channel order Torch-Pruning cannot follow (a channel shuffle)"
         if not reason and any(len(idx) != len(roots) or any(r >= size for r in roots)
                               for _, _, idx, roots in members):
             reason = "Torch-Pruning maps its channels inconsistently (a slice or a concatenation it cannot follow)"
@@ -138,6 +140,68 @@ def channel_groups(net: nn.Module, example_input: torch.Tensor) -> list[ChannelG
         groups = [g for g in groups if not any((m, side) in split for m, side, _, _ in g.members)] + heads
     groups.sort(key=lambda g: order[g.name])
     return groups
+
+
+# Torch-Pruning's index-mapping passes by node type, in the order its ``update_index_mapping`` runs them.
+_INDEX_MAPPINGS = {"CONCAT": "concat", "SPLIT": "split", "RESHAPE": "reshape", "UNBIND": "unbind",
+                   "EXPAND": "expand", "SLICE": "slice"}
+
+
+def _dependency_graph(net: nn.Module, example_input: torch.Tensor):
+    """Torch-Pruning's dependency graph of ``net`` and the graph operations whose channel index mapping it could
+    not work out (``set`` of their modules; a group through one of them is left whole).
+
+    Torch-Pruning maps channels through a reshape only for a flatten; on a channel shuffle's
+    ``view(N, g, C/g, H, W)`` (ShuffleNetV2's) it divides by zero and the graph is lost. Here each node's mapping
+    is set on its own, and a node it cannot map becomes an element-wise node in this graph (Torch-Pruning sets
+    the mappings again for every group it builds), so the rest of the graph stays usable."""
+    import torch_pruning as tp  # imported here: only channel pruning needs it
+    from torch_pruning.dependency import index_mapping
+
+    graph = tp.DependencyGraph()
+    try:
+        return graph.build_dependency(net, example_inputs=example_input), set()
+    except Exception as err:  # noqa: BLE001 - Torch-Pruning fails in its own code on graphs it cannot map
+        stack = traceback.extract_tb(err.__traceback__)
+        if not any(Path(frame.filename).stem == "index_mapping" for frame in stack):
+            where = stack[-1]
+            raise ValueError(f"Torch-Pruning cannot trace the channel dependencies of {type(net).__name__} "
+                             f"({type(err).__name__} in its {Path(where.filename).stem}.{where.name}); channel "
+                             "pruning cannot run on it: use GMP (connections) or layer dropping instead") from err
+    unmapped = set()  # the graph is traced and its dependencies built; only the last pass failed: redo it per node
+    for module, node in graph.module2node.items():
+        kind = _INDEX_MAPPINGS.get(node.type.name)
+        if kind is None:
+            continue
+        try:
+            getattr(index_mapping, f"update_{kind}_index_mapping")(graph, node)
+        except Exception:  # noqa: BLE001 - as above; the groups through this node are left whole
+            node.type = tp.ops.OPTYPE.ELEMENTWISE
+            unmapped.add(module)
+    return graph, unmapped
+
+
+def _root_groups(graph):
+    """``(root layer, Torch-Pruning group of its output channels)`` for every Conv/Linear not already in an earlier
+    group, in graph order, as ``DependencyGraph.get_all_groups`` yields them; the group is ``None`` where building it
+    failed inside Torch-Pruning (its index mappings past a node it could not map)."""
+    visited = set()
+    for module in list(graph.module2node):
+        if not isinstance(module, (*_CONVS, nn.Linear)) or module in visited:
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels,
+                                            list(range(pruner.get_out_channels(module))))
+        except Exception:  # noqa: BLE001 - Torch-Pruning fails in its own code on mappings it cannot follow
+            visited.add(module)
+            yield module, None
+            continue
+        visited.update(item.dep.target.module for item in group
+                       if graph.is_out_channel_pruning_fn(item.dep.handler))
+        yield module, group
 
 
 # --- attention heads -----------------------------------------------------------------------------------------
@@ -324,17 +388,28 @@ def channel_count(module: nn.Module, side: str) -> int:
 def check_removable(net: nn.Module, groups: Sequence[ChannelGroup], example_input: torch.Tensor
                     ) -> list[ChannelGroup]:
     """``groups`` with the ones whose removal breaks the network marked ``unsupported``: each group loses one
-    channel on a copy of ``net``, which must still run ``example_input`` (all groups at once first; one by one
-    only when that fails). What a dependency graph cannot see fails here: a reshape into attention heads with
-    the head count written into the code, a slice of a concatenation (GhostNet's ``out[:, :oup]``)."""
+    channel on a copy of ``net``, which must still run ``example_input`` and compute what a copy with the same
+    channels masked computes (all groups at once first; one by one only when that fails). What a dependency graph
+    cannot see fails here: a reshape into attention heads with the head count written into the code, a slice of
+    a concatenation (GhostNet's ``out[:, :oup]``), a channel reordering it takes for an element-wise operation (a
+    ``flip`` or ``roll`` of the channels)."""
     def runs(chosen: Sequence[ChannelGroup]) -> str:
-        plan = removal_plan(net, chosen, [list(range(1, g.size)) for g in chosen])
+        kept = [list(range(1, g.size)) for g in chosen]
         try:
-            thin = remove_channels(copy.deepcopy(net).eval(), plan)
+            thin = remove_channels(copy.deepcopy(net).eval(), removal_plan(net, chosen, kept))
+            masked = copy.deepcopy(net).eval()
+            state = masked.state_dict()
             with torch.no_grad():
-                thin(example_input)
+                for name, mask in channel_masks(masked, chosen, kept).items():
+                    state[name].mul_(mask)
+                got, expected = thin(example_input), masked(example_input)
         except Exception as err:  # noqa: BLE001 - any failure of the thinner network is the group's verdict
-            return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+            failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+            return f"the network no longer runs once its channels are removed ({failure})"
+        if (isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor)
+                and not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()) + 1e-6)):
+            return ("once its channels are removed, the network computes differently from the masked one (largest "
+                    f"difference {float((got - expected).abs().max()):.3g}: its channels are reordered on their way)")
         return ""
 
     candidates = [g for g in groups if not g.unsupported and g.size > 1]
@@ -343,7 +418,7 @@ def check_removable(net: nn.Module, groups: Sequence[ChannelGroup], example_inpu
     for group in candidates:
         failure = runs([group])
         if failure:
-            group.unsupported = f"the network no longer runs once its channels are removed ({failure})"
+            group.unsupported = failure
     return list(groups)
 
 

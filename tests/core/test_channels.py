@@ -194,11 +194,72 @@ def test_a_group_whose_removal_breaks_the_network_stays_whole_and_the_others_are
     assert by_name["embed"].unsupported == ""  # the embedding width can go
 
 
+class Flipped(nn.Module):
+    """A channel reordering Torch-Pruning takes for an element-wise operation: ``flip`` of the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(1, 6, 3)
+        self.second = nn.Conv2d(6, 8, 3)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.second(torch.relu(self.first(x)).flip(1)))
+        return self.head(x.mean([2, 3]))
+
+
+def test_a_channel_reordering_the_graph_misses_leaves_its_group_whole():
+    # Before, first's channels were removed by their index before the flip: the thinner network ran but computed
+    # something else than the masked one. Now the group is left whole and says why; second's channels still go.
+    torch.manual_seed(0)
+    net = Flipped().eval()
+    x = torch.randn(2, 1, 8, 8)
+    by_name = {g.name: g for g in channels.check_removable(net, channels.channel_groups(net, x), x)}
+    assert by_name["first"].unsupported.startswith(
+        "once its channels are removed, the network computes differently from the masked one (largest difference")
+    assert by_name["second"].unsupported == ""
+
+
+def test_a_channel_shuffle_leaves_the_channels_through_it_whole_and_the_rest_prunable():
+    # ShuffleNetV2's shuffle (view to 5-D, transpose, view back) made Torch-Pruning divide by zero: the whole network
+    # was refused. Now the channels through the shuffle stay whole, and the stem, every unit's inner width and the
+    # last 1x1 convolution are pruned; the thinner network computes what the masked one did.
+    torch.manual_seed(0)
+    net = _randomized(torchvision.models.shufflenet_v2_x0_5(weights=None, num_classes=10))
+    x = torch.randn(3, 3, 32, 32)
+    groups = channels.check_removable(net, channels.channel_groups(net, x[:1]), x[:1])
+    free = [g for g in groups if not g.unsupported]
+    assert [g.name for g in free] == ["conv1.0", *(f"stage{s}.{u}.branch2.0" for s, units in ((2, 4), (3, 8), (4, 4))
+                                                   for u in range(units)), "conv5.0"]
+    whole = {g.name: g.unsupported for g in groups if g.unsupported}
+    assert "stage2.0.branch2.5" in whole and "stage3.0.branch1.2" in whole
+    assert all("channel shuffle" in reason for reason in whole.values()), whole
+    kept = [list(range(0, g.size, 3)) for g in free]
+    masked = copy.deepcopy(net)
+    state = masked.state_dict()
+    with torch.no_grad():
+        for tensor_name, mask in channels.channel_masks(masked, free, kept).items():
+            state[tensor_name].mul_(mask)
+        expected = masked(x)
+        assert not torch.allclose(net(x), expected, atol=1e-3)  # masking changed the output: not vacuous
+    thin = channels.remove_channels(copy.deepcopy(masked), channels.removal_plan(masked, free, kept))
+    with torch.no_grad():
+        torch.testing.assert_close(thin(x), expected, rtol=1e-5, atol=1e-5)
+    assert thin.stage2[1].branch2[0].out_channels == 8 and thin.conv5[0].out_channels == 342
+
+
 def test_a_network_torch_pruning_cannot_trace_is_refused_in_one_line():
-    shufflenet = torchvision.models.shufflenet_v2_x0_5(weights=None, num_classes=10)  # its channel shuffle
-    with pytest.raises(ValueError, match=r"^Torch-Pruning cannot trace the channel dependencies of ShuffleNetV2 "
-                                         r"\(ZeroDivisionError in its index_mapping\.") as err:
-        channels.channel_groups(shufflenet, torch.zeros(1, 3, 32, 32))
+    class Score(nn.Module):  # Torch-Pruning walks the autograd graph back from the outputs: a Python number has none
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x).sum().item()
+
+    with pytest.raises(ValueError, match=r"^Torch-Pruning cannot trace the channel dependencies of Score \(TypeError "
+                                         r"in its .*\); channel pruning cannot run on it: use GMP") as err:
+        channels.channel_groups(Score(), torch.zeros(1, 1, 8, 8))
     assert "\n" not in str(err.value)
 
 

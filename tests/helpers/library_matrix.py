@@ -72,9 +72,6 @@ CELLS: dict[str, Callable[[Path], list[L.Callback]]] = {
 # (network, cell) -> the start of the one line it is refused with, before the first step. docs/library-networks.md
 # lists each with its reason (tests/test_library_docs.py keeps the two equal).
 REFUSED = {
-    ("tv_shufflenet_v2_x0_5", "structured"): "Torch-Pruning cannot trace the channel dependencies of ShuffleNetV2",
-    ("tv_shufflenet_v2_x0_5", "structured+qat_int8"):
-        "Torch-Pruning cannot trace the channel dependencies of ShuffleNetV2",
     ("tv_squeezenet1_1", "tt"): "SqueezeNet has no layer of the types TTLayerSwap works on",
 }
 # (network, cell) -> the start of the message ONNX export fails with: the artifact trains, reloads and scores the
