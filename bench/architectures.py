@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from common import (
@@ -43,18 +44,25 @@ CONFIGS = {
     # Fan et al. 2019 train with a higher rate where half the layers are to go: more of the run is spent shallow
     "vit_layerdrop_p05": ["experiment=layerdrop_vit_tiny", "compression.layerdrop.p=0.5",
                           "compression.layerdrop.prune_at=0.2"],
+    # the same, distilled (alpha 0.5, T 4) from the dense recipe's network of the same seed (run first if needed)
+    "vit_layerdrop_distill": ["experiment=layerdrop_vit_tiny", "compression=[layerdrop,distill]",
+                              "compression.distill.teacher=<vit_dense run, same seed>"],
     "vit_int8": ["experiment=qat_int8_vit_tiny"],
     "shufflenet_dense": ["experiment=baseline_shufflenet_mnist"],
     "shufflenet_int8": ["experiment=qat_int8_shufflenet"],
 }
+# config -> the config whose run of the same seed is its distillation teacher
+TEACHERS = {"vit_layerdrop_distill": "vit_dense"}
 INPUT_SHAPES = {"mnv3": [1, 32, 32], "vit": [1, 28, 28], "shufflenet": [1, 28, 28]}
 # The issue's bars: figure -> threshold (every figure is "at least").
 BARS = {
     "mnv3_structured": {"macs_removed_pct": 50.0, "delta_vs_dense_pp": -0.5, "speedup_b64": 1.5},
     "vit_heads": {"macs_removed_pct": 40.0, "delta_vs_dense_pp": -0.5, "speedup_b64": 1.4},
     "vit_layerdrop": {"delta_vs_dense_pp": -0.5, "speedup_b64": 1.6},
+    "vit_layerdrop_distill": {"delta_vs_dense_pp": -0.5, "speedup_b64": 1.6},
     "vit_int8": {"delta_vs_dense_pp": -0.3, "speedup_b64": 1.0},
 }
+BENCHMARK = "recipes on library-style architectures vs the dense recipe of the same model, MNIST, 1 thread"
 REPORT_KEYS = ("test/acc", "params/total", "params/dense_total", "size/artifact_bytes", "size/dense_bytes",
                "size/ratio", "macs/dense", "macs/effective", "latency/ms_b1", "latency/ms_b64",
                "latency/dense_ms_b1", "latency/dense_ms_b64", "latency/speedup_b1", "latency/speedup_b64",
@@ -87,17 +95,38 @@ def figures_of(name: str, results: dict) -> dict:
 
 
 def speed(rounds: int) -> None:
+    """Re-measure every run whose artifact is on disk with its model's dense run (which must be), in one process;
+    the figures of runs whose artifacts are gone stay as an earlier call measured them (``measured`` says when,
+    each speed-up against the dense network timed in the same call)."""
+    import time
+
     import torch
 
     results = json.loads((RESULTS / "architectures.json").read_text())["results"]
-    models = tuple(sorted({name.split("_")[0] for name in results}))
-    measured = speed_against_dense(results, models, rounds, INPUT_SHAPES)
-    onnx = onnx_runtime_speed(results, models, rounds)
-    write(RESULTS / "architectures_speed.json", {
+    present = {n: r for n, r in results.items() if (ROOT / r["runs"][0]["run_dir"] / "model.safetensors").exists()}
+    models = tuple(sorted({name.split("_")[0] for name in present if f"{name.split('_')[0]}_dense" in present}))
+    present = {n: r for n, r in present.items() if n.split("_")[0] in models}
+    measured = speed_against_dense(present, models, rounds, INPUT_SHAPES)
+    onnx = onnx_runtime_speed(present, models, rounds)
+    path = RESULTS / "architectures_speed.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {"results": {}, "onnx_runtime": {}}
+    day = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    for model, batches in measured.items():
+        kept = earlier["results"].setdefault(model, {})
+        when = kept.setdefault("measured", {})
+        when.update({name: day for name in batches["b64"]["ms"]})
+        for batch, figures in batches.items():
+            for key, values in figures.items():
+                kept.setdefault(batch, {}).setdefault(key, {}).update(values)
+        old_onnx = earlier["onnx_runtime"].setdefault(model, {})
+        for key, values in onnx[model].items():
+            old_onnx.setdefault(key, {}).update(values)
+    write(path, {
         "benchmark": "forward of each run's reloaded artifact, CPU, 1 thread, no gradients, median of interleaved "
-                     "rounds of torch.utils.benchmark medians", "cpu": cpu_name(), "torch": torch.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rounds": rounds, "results": measured,
-        "onnx_runtime": onnx})
+                     "rounds of torch.utils.benchmark medians; each speed-up against the dense network timed in the "
+                     "same call", "cpu": cpu_name(), "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rounds": rounds,
+        "results": earlier["results"], "onnx_runtime": earlier["onnx_runtime"]})
     payload = json.loads((RESULTS / "architectures.json").read_text())
     add_figures(payload["results"], figures_of, BARS)  # the bars now judge the idle machine's speed-ups
     write(RESULTS / "architectures.json", {k: v for k, v in payload.items() if k not in ("commit", "date")})
@@ -162,10 +191,30 @@ def main() -> None:
     if args.speed:
         speed(args.rounds)
         return
-    results = run_recipes("arch", CONFIGS, args.configs, args.seeds, args.jobs, REPORT_KEYS, args.out)
+    students = [n for n in args.configs if n in TEACHERS]
+    teachers = [n for n in args.configs if n not in TEACHERS]
+    results = run_recipes("arch", CONFIGS, teachers, args.seeds, args.jobs, REPORT_KEYS, args.out)
+    if students:
+        # a teacher not run now is taken from an earlier call whose artifact is still on disk
+        missing = sorted({TEACHERS[n] for n in students} - set(teachers))
+        for name in missing:
+            runs = results.get(name, {}).get("runs", [])
+            if not all(any(r["seed"] == s and (ROOT / r["run_dir"] / "model.safetensors").exists() for r in runs)
+                       for s in args.seeds):
+                results.update(run_recipes("arch", CONFIGS, [name], args.seeds, args.jobs, REPORT_KEYS, args.out))
+        write(args.out, {"benchmark": BENCHMARK, "results": results})  # the teachers are kept if a student fails
+
+        def with_teacher(name: str) -> Callable[[int], list[str]]:
+            def overrides(seed: int) -> list[str]:
+                teacher = next(r for r in results[TEACHERS[name]]["runs"] if r["seed"] == seed)
+                return [o if not o.startswith("compression.distill.teacher=") else
+                        f"compression.distill.teacher={ROOT / teacher['run_dir']}" for o in CONFIGS[name]]
+            return overrides
+
+        results = run_recipes("arch", {**CONFIGS, **{n: with_teacher(n) for n in students}}, students, args.seeds,
+                              args.jobs, REPORT_KEYS, args.out, shown=CONFIGS)
     add_figures(results, figures_of, BARS)
-    write(args.out, {"benchmark": "recipes on library-style architectures vs the dense recipe of the same model, "
-                                  "MNIST, 1 thread", "results": results})
+    write(args.out, {"benchmark": BENCHMARK, "results": results})
 
 
 if __name__ == "__main__":

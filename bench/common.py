@@ -46,19 +46,25 @@ def run_recipe(tag: str, overrides: list[str], seed: int, report_keys: tuple[str
             "run_dir": str(run_dir.relative_to(ROOT)), "wall_s": round(time.perf_counter() - started, 1), **fields}
 
 
-def run_recipes(prefix: str, configs: dict[str, list[str]], names: list[str], seeds: list[int], jobs: int,
-                report_keys: tuple[str, ...], out: Path) -> dict:
-    """Run ``names`` (keys of ``configs``) for every seed, ``jobs`` at a time, and return the results of ``out``
-    (an earlier call's JSON, if any) updated with these: ``{name: {"overrides", "runs", "test_acc_mean"}}``."""
+def run_recipes(prefix: str, configs: dict, names: list[str], seeds: list[int], jobs: int,
+                report_keys: tuple[str, ...], out: Path, shown: dict[str, list[str]] | None = None) -> dict:
+    """Run ``names`` (keys of ``configs``: overrides, or a function of the seed that returns them) for every seed,
+    ``jobs`` at a time, and return the results of ``out`` (an earlier call's JSON, if any) updated with these:
+    ``{name: {"overrides", "runs", "test_acc_mean"}}``; ``overrides`` is ``shown[name]`` where given."""
     todo = [(name, seed) for name in names for seed in seeds]
+
+    def one(job: tuple[str, int]) -> dict:
+        name, seed = job
+        overrides = configs[name](seed) if callable(configs[name]) else configs[name]
+        return run_recipe(f"{prefix}_{name}", overrides, seed, report_keys)
+
     with ThreadPoolExecutor(jobs) as pool:
-        runs = list(pool.map(lambda job: run_recipe(f"{prefix}_{job[0]}", configs[job[0]], job[1], report_keys),
-                             todo))
+        runs = list(pool.map(one, todo))
     results = json.loads(out.read_text())["results"] if out.exists() else {}  # keep what an earlier call measured
     for name in names:
         mine = [{k: v for k, v in r.items() if v is not None} for (n, _), r in zip(todo, runs, strict=True)
                 if n == name]
-        results[name] = {"overrides": configs[name], "runs": mine,
+        results[name] = {"overrides": (shown or configs)[name], "runs": mine,
                          "test_acc_mean": statistics.mean(r["test/acc"] for r in mine)}
     return results
 

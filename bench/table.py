@@ -61,7 +61,9 @@ def cost_rows(payload: dict) -> list[str]:
                 rows.append(f"| {network} | {result['params'] / 1e6:.2f}M | {technique} | refused: "
                             f"{r['refused'].split(' (')[0]} | - | - |")
                 continue
-            rows.append(f"| {network} | {result['params'] / 1e6:.2f}M | {technique} | {r['step_ratio']:.3f}x | "
+            spread = r.get("step_ratio_range")  # over the rounds, where the bench ran more than one
+            spread = f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else ""
+            rows.append(f"| {network} | {result['params'] / 1e6:.2f}M | {technique} | {r['step_ratio']:.3f}x{spread} | "
                         f"{r['step_s'] * 1000:.1f} (dense {result['dense']['step_s'] * 1000:.1f}) | "
                         f"{r['one_time_s']:.1f} |")
     return rows
@@ -195,13 +197,32 @@ def architecture_rows(payload: dict) -> list[str]:
     return rows
 
 
+def _timed_in(payload: dict, model: str, name: str) -> str:
+    """When a --speed call timed ``name`` beside its dense network: a later call re-measures only the runs whose
+    artifacts are still on disk."""
+    return payload["results"].get(model, {}).get("measured", {}).get(name.split(" (")[0], "the first call")
+
+
+def architecture_speed_rows(payload: dict) -> list[str]:
+    rows = []
+    for model, batches in payload["results"].items():
+        b64, b1 = batches["b64"], batches["b1"]
+        for name in b64["ms"]:
+            rows.append(f"| {name} | {b64['ms'][name]:.3f} ({b64['speedup_vs_dense'][name]:.2f}x) | "
+                        f"{b1['ms'][name]:.3f} ({b1['speedup_vs_dense'][name]:.2f}x) | "
+                        f"{_timed_in(payload, model, name)} |")
+    return rows
+
+
 def architecture_runtime_rows(payload: dict) -> list[str]:
     rows = []
-    for model in payload.get("onnx_runtime", {}).values():
+    for key, model in payload.get("onnx_runtime", {}).items():
         for name, ms in model["ms"].items():
-            rows.append(f"| {name} | {ms:.3f} | {model['vs_dense_pytorch'][name]:.2f}x |")
+            rows.append(f"| {name} | {ms:.3f} | {model['vs_dense_pytorch'][name]:.2f}x | "
+                        f"{_timed_in(payload, key, name)} |")
         for name, error in model["not_exported"].items():
-            rows.append(f"| {name} (ONNX Runtime) | not exported: `{error[:90]}` | - |")
+            rows.append(f"| {name} (ONNX Runtime) | not exported: `{error[:90]}` | - | "
+                        f"{_timed_in(payload, key, name)} |")
     return rows
 
 
@@ -350,7 +371,7 @@ DOCS_TABLES = {
          "|---|---|---|---|---|---|---|---|---|---|"),
         [("decomposition_speed.json", decomposition_speed_rows)]),
     "cost": (
-        ("| network | params | technique | step vs dense | step ms (dense) | one-time s |",
+        ("| network | params | technique | step vs dense (range over rounds) | step ms (dense) | one-time s |",
          "|---|---|---|---|---|---|"),
         [("cost.json", cost_rows)]),
     "architectures": (
@@ -358,10 +379,11 @@ DOCS_TABLES = {
          "speed-up b64 (in the run) | bars |", "|---|---|---|---|---|---|---|---|---|"),
         [("architectures.json", architecture_rows)]),
     "architectures_speed": (
-        ("| network | batch 64 ms (vs dense) | batch 1 ms (vs dense) |", "|---|---|---|"),
-        [("architectures_speed.json", structured_speed_rows)]),
+        ("| network | batch 64 ms (vs dense) | batch 1 ms (vs dense) | timed beside its dense in |",
+         "|---|---|---|---|"),
+        [("architectures_speed.json", architecture_speed_rows)]),
     "architectures_runtimes": (
-        ("| network (runtime) | batch 64 ms | vs dense fp32 PyTorch |", "|---|---|---|"),
+        ("| network (runtime) | batch 64 ms | vs dense fp32 PyTorch | timed in |", "|---|---|---|---|"),
         [("architectures_speed.json", architecture_runtime_rows)]),
     "composition": (
         ("| run | overrides | test acc | vs dense (pp) | artifact bytes (smaller) | conv MACs fewer | speed-up b64 | "
@@ -427,7 +449,7 @@ if __name__ == "__main__":
                                 ("layerdrop", "layerdrop.json", layerdrop_rows),
                                 ("layerdrop speed", "layerdrop_speed.json", structured_speed_rows),
                                 ("architectures", "architectures.json", architecture_rows),
-                                ("architectures speed", "architectures_speed.json", structured_speed_rows),
+                                ("architectures speed", "architectures_speed.json", architecture_speed_rows),
                                 ("onnx", "onnx.json", onnx_rows),
                                 ("cost", "cost.json", cost_rows)):
         payload = load(name)
