@@ -72,6 +72,17 @@ def _group(groups: list[channels.ChannelGroup], name: str) -> channels.ChannelGr
     return next(g for g in groups if g.name == name)
 
 
+def _masked_and_thin(net: nn.Module, groups, kept, x: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+    """The masked network's output on ``x`` and the thinner network the same choice of channels removes."""
+    masked = copy.deepcopy(net)
+    state = masked.state_dict()
+    with torch.no_grad():
+        for tensor_name, mask in channels.channel_masks(masked, groups, kept).items():
+            state[tensor_name].mul_(mask)
+        expected = masked(x)
+    return expected, channels.remove_channels(copy.deepcopy(masked), channels.removal_plan(masked, groups, kept))
+
+
 def test_residual_stages_are_one_group_each_with_every_layer_writing_and_reading_the_sum():
     groups = channels.channel_groups(ResNet20([1, 16, 16]), torch.zeros(1, 1, 16, 16))
     stream = _group(groups, "conv1")  # the stem and stage 1: identity shortcuts couple them all
@@ -120,13 +131,7 @@ def test_the_thinner_network_computes_what_the_masked_network_computed(name):
     groups = channels.channel_groups(net, x[:1])
     generator = torch.Generator().manual_seed(1)
     kept = [sorted(torch.randperm(g.size, generator=generator)[: max(1, g.size // 3)].tolist()) for g in groups]
-    masked = copy.deepcopy(net)
-    state = masked.state_dict()
-    with torch.no_grad():
-        for tensor_name, mask in channels.channel_masks(masked, groups, kept).items():
-            state[tensor_name].mul_(mask)
-        expected = masked(x)
-    thin = channels.remove_channels(copy.deepcopy(masked), channels.removal_plan(masked, groups, kept))
+    expected, thin = _masked_and_thin(net, groups, kept, x)
     with torch.no_grad():
         assert torch.allclose(thin(x), expected, atol=1e-5)
     assert sum(p.numel() for p in thin.parameters()) < 0.5 * sum(p.numel() for p in net.parameters())
@@ -235,15 +240,9 @@ def test_a_channel_shuffle_leaves_the_channels_through_it_whole_and_the_rest_pru
     assert "stage2.0.branch2.5" in whole and "stage3.0.branch1.2" in whole
     assert all("channel shuffle" in reason for reason in whole.values()), whole
     kept = [list(range(0, g.size, 3)) for g in free]
-    masked = copy.deepcopy(net)
-    state = masked.state_dict()
+    expected, thin = _masked_and_thin(net, free, kept, x)
     with torch.no_grad():
-        for tensor_name, mask in channels.channel_masks(masked, free, kept).items():
-            state[tensor_name].mul_(mask)
-        expected = masked(x)
         assert not torch.allclose(net(x), expected, atol=1e-3)  # masking changed the output: not vacuous
-    thin = channels.remove_channels(copy.deepcopy(masked), channels.removal_plan(masked, free, kept))
-    with torch.no_grad():
         torch.testing.assert_close(thin(x), expected, rtol=1e-5, atol=1e-5)
     assert thin.stage2[1].branch2[0].out_channels == 8 and thin.conv5[0].out_channels == 342
 
