@@ -226,6 +226,31 @@ def architecture_runtime_rows(payload: dict) -> list[str]:
     return rows
 
 
+def runtime_rows(payload: dict) -> list[str]:
+    """bench/runtime.py: each recipe's fastest form per batch size against dense fp32 in the same runtime."""
+    rows = []
+    for name, result in payload["results"].items():
+        run, figures = result["runs"][0], result.get("figures")
+        if figures is None:
+            continue
+        cells = []
+        for batch in ("b64", "b1"):
+            f = figures[batch]
+            forms = ", ".join(f"{form} {ms:.3f}" for form, ms in f["ms"].items())
+            cells.append(f"**{f['speedup_vs_dense_same_runtime']:.2f}x** {f['fastest']} "
+                         f"({f['speedup_vs_dense_pytorch_eager']:.2f}x vs dense eager; {forms})")
+        alone = figures["report_onnx_over_standalone"]
+        met = ", ".join(f"{k} {'met' if v['met'] else 'not met'} (bar {v['bar']})"
+                        for k, v in result.get("bars", {}).items()) or "-"
+        accuracy = ("1 epoch: structure only" if figures.get("shape_only") else f"{run['test/acc']:.2%}")
+        layout = figures.get("layout", {}).get("artifact", "contiguous")
+        rows.append(f"| {name} ({layout}) | {accuracy} | {run['size/artifact_bytes']:,} / "
+                    f"{run['size/onnx_bytes']:,} ({figures['onnx_over_artifact_bytes']:.2f}) | {cells[0]} | "
+                    f"{cells[1]} | {figures['mac_reduction']:.1f}x / {figures['clock_share_b64']:.2f} | "
+                    f"{alone['b1']:.2f} / {alone['b64']:.2f} | {met} |")
+    return rows
+
+
 LAYERDROP_ORDER = ("dense", "layerdrop", "removed_no_layerdrop", "shallow_scratch")
 
 
@@ -385,6 +410,11 @@ DOCS_TABLES = {
     "architectures_runtimes": (
         ("| network (runtime) | batch 64 ms | vs dense fp32 PyTorch | timed in |", "|---|---|---|---|"),
         [("architectures_speed.json", architecture_runtime_rows)]),
+    "runtime": (
+        ("| recipe | test acc | artifact / ONNX bytes (ratio) | batch 64: fastest form vs dense fp32 in its runtime "
+         "(ms per form) | batch 1: the same | MAC reduction / share reaching the clock (b64) | report's ORT ms / "
+         "standalone ORT (b1 / b64) | bars |", "|---|---|---|---|---|---|---|---|"),
+        [("runtime.json", runtime_rows)]),
     "composition": (
         ("| run | overrides | test acc | vs dense (pp) | artifact bytes (smaller) | conv MACs fewer | speed-up b64 | "
          "bars |", "|---|---|---|---|---|---|---|---|"),
@@ -451,6 +481,7 @@ if __name__ == "__main__":
                                 ("architectures", "architectures.json", architecture_rows),
                                 ("architectures speed", "architectures_speed.json", architecture_speed_rows),
                                 ("onnx", "onnx.json", onnx_rows),
+                                ("runtime", "runtime.json", runtime_rows),
                                 ("cost", "cost.json", cost_rows)):
         payload = load(name)
         if payload:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,6 +34,8 @@ from torch import nn
 from lightning_micro.artifact.format import save_compressed
 from lightning_micro.artifact.trust import Trusted, loading_file
 from lightning_micro.core import transforms
+from lightning_micro.core.memory_layout import LAYOUTS, choose_layout
+from lightning_micro.core.sparse_kernels import Choice, choose_kernels
 
 TRANSFORMS_KEY = "lightning_micro/transforms"  # where checkpoints keep the network's structural record
 TECHNIQUES_KEY = "lightning_micro/techniques"  # the run's compression list, by technique, in checkpoints
@@ -223,10 +225,12 @@ class CompressionMixin:
                              "compressed_net_spec() to name a factory of the network")
         return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **hparams}, self.compressed_net_name
 
-    def export_compressed(self, path: str | os.PathLike) -> int:
+    def export_compressed(self, path: str | os.PathLike, sparse_kernels: str = "never",
+                          memory_layout: str = "contiguous") -> int:
         """After ``trainer.fit``: write the compressed network to ``path`` and return its size in bytes (see
         :func:`export_compressed`, which this calls with the module's trainer)."""
-        return export_compressed(self.trainer, path, self)  # type: ignore[attr-defined]
+        return export_compressed(self.trainer, path, self, sparse_kernels,  # type: ignore[attr-defined]
+                                 memory_layout=memory_layout)
 
 
 def recorded_module_class(path: str | os.PathLike) -> str | None:
@@ -278,7 +282,15 @@ def example_input(pl_module: Any, technique: str) -> torch.Tensor:
     return example
 
 
-def export_compressed(trainer: Any, path: str | os.PathLike, pl_module: Any = None) -> int:
+def export_compressed(
+    trainer: Any,
+    path: str | os.PathLike,
+    pl_module: Any = None,
+    sparse_kernels: str = "never",
+    kernel_batch_sizes: Sequence[int] = (1, 64),
+    kernel_threads: int = 1,
+    memory_layout: str = "contiguous",
+) -> int:
     """Write the compressed network of a finished fit as an artifact and return its size in bytes: the one call
     after ``trainer.fit`` for any LightningModule with the compression contract.
 
@@ -292,6 +304,15 @@ def export_compressed(trainer: Any, path: str | os.PathLike, pl_module: Any = No
         trainer: the ``lightning.Trainer`` that ran the fit (its callbacks are the techniques).
         path: the file to create; an existing file is never overwritten.
         pl_module: the LightningModule (default: ``trainer.lightning_module``).
+        sparse_kernels: how pruned ``Linear`` layers compute once loaded: ``never`` (dense, the default: the loaded
+            network computes exactly what the trained one does), ``auto`` (dense or CSR, whichever is
+            measured faster here for each layer at each of ``kernel_batch_sizes`` with ``kernel_threads`` threads;
+            timed on the module's ``example_input_array`` shape; what a Hydra run does) or ``always`` (CSR). The
+            choice is recorded in the artifact (:mod:`lightning_micro.core.sparse_kernels`); CSR sums in another
+            order, so outputs differ from the dense layer's at float rounding.
+        memory_layout: the layout a CNN runs in once loaded: ``contiguous`` (NCHW, the default), ``auto`` (NCHW or
+            channels_last, whichever is timed faster here at the largest of ``kernel_batch_sizes``; what a Hydra
+            run does; :mod:`lightning_micro.core.memory_layout`) or ``channels_last``. Recorded in the artifact.
 
     Raises:
         FileExistsError: ``path`` exists.
@@ -329,4 +350,31 @@ def export_compressed(trainer: Any, path: str | os.PathLike, pl_module: Any = No
     codecs: dict[str, str] = {}
     for technique in techniques:  # later techniques win for a key two of them name
         codecs.update({k: v for k, v in technique.export_codecs(net).items() if k in state_keys})
-    return save_compressed(net, spec, path, codecs, module.transforms, submodule=submodule)
+    kernels = kernel_choice(net, module, sparse_kernels, kernel_batch_sizes, kernel_threads)
+    layout = layout_choice(net, module, memory_layout, kernel_batch_sizes, kernel_threads)
+    return save_compressed(net, spec, path, codecs, module.transforms, submodule=submodule, kernels=kernels,
+                           layout=layout)
+
+
+def layout_choice(net: nn.Module, module: Any, mode: str, batch_sizes: Sequence[int], threads: int) -> str:
+    """The memory layout to record for ``net`` (see :func:`export_compressed`); ``auto`` keeps ``contiguous``
+    untimed when the module has no ``example_input_array``."""
+    if mode != "auto":
+        if mode not in LAYOUTS:
+            raise ValueError(f"memory_layout must be one of {['auto', *LAYOUTS]}, got {mode!r}")
+        return mode
+    example = getattr(module, "example_input_array", None)
+    if not isinstance(example, torch.Tensor):
+        return "contiguous"
+    return choose_layout(net, list(example.shape[1:]), batch_sizes, threads)[0]
+
+
+def kernel_choice(net: nn.Module, module: Any, mode: str, batch_sizes: Sequence[int], threads: int
+                  ) -> Choice:
+    """The sparse kernels to record for ``net`` (see :func:`export_compressed`); ``auto`` times nothing and keeps
+    every layer dense when the module has no ``example_input_array`` to run the network on."""
+    example = getattr(module, "example_input_array", None)
+    if mode == "auto" and not isinstance(example, torch.Tensor):
+        return {}
+    shape = list(example.shape[1:]) if isinstance(example, torch.Tensor) else []
+    return choose_kernels(net, shape, batch_sizes, mode, threads)

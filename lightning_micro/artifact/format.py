@@ -5,8 +5,10 @@ Layout: the tensors of the network's ``state_dict`` (each stored by a named *cod
 config node: ``_target_`` plus plain arguments), ``submodule``, ``transforms`` (the record of structural changes
 made to the network, see :mod:`lightning_micro.core.transforms`), ``codecs`` (which codec stored each state-dict
 entry), ``values`` (state-dict entries that are not tensors: tuples of tensors, dtypes, as the integer modules of
-torch.ao keep them) and ``checksum`` (SHA-256 of all the rest and of every stored tensor, verified on load). The
-same network gives the same bytes.
+torch.ao keep them), ``kernels`` (the sparse kernel measured fastest for each pruned ``Linear`` and batch size, see
+:mod:`lightning_micro.core.sparse_kernels`), ``layout`` (``contiguous`` or ``channels_last``, measured at export) and
+``checksum`` (SHA-256 of all the rest and of every stored tensor, verified on load). The same network with the same
+kernel and layout choices gives the same bytes.
 
 No pickled code, and loading runs none: ``net`` is resolved only to a trusted class (the zoo, or what the caller
 names; :mod:`lightning_micro.artifact.trust`), called with plain arguments; the transforms are looked up in a registry.
@@ -45,9 +47,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lightning_micro.artifact.trust import Trusted, UntrustedSpecError, build
-from lightning_micro.core import transforms
+from lightning_micro.core import sparse_kernels, transforms
 from lightning_micro.core.code_format import decode_codes, encode_codes
 from lightning_micro.core.int8_backend import quantized_tensor_from_parts, quantized_tensor_parts
+from lightning_micro.core.memory_layout import LAYOUTS, apply_layout
 from lightning_micro.core.sparse_format import bitmask_decode, bitmask_encode
 
 FORMAT = "lightning_micro.artifact/4"
@@ -186,6 +189,8 @@ def save_compressed(
     codecs: Mapping[str, str] | None = None,
     record: transforms.Record | None = None,
     submodule: str = "",
+    kernels: Mapping[str, Mapping[str, str]] | None = None,
+    layout: str = "contiguous",
 ) -> int:
     """Write ``net`` as an artifact at ``path`` and return its size in bytes.
 
@@ -196,6 +201,9 @@ def save_compressed(
         codecs: codec name per state-dict key; keys not named use ``dense`` (``qtensor`` if quantized).
         record: the structural transforms applied to the network built from ``net_spec`` (replayed on load).
         submodule: dotted name of the network inside the object ``net_spec`` builds (``""``: that object).
+        kernels: the sparse kernel of each layer and batch size, as :func:`~lightning_micro.core.sparse_kernels.
+            choose_kernels` gives them (replayed on load).
+        layout: the memory layout the network runs in once loaded (``contiguous`` or ``channels_last``).
 
     Raises:
         FileExistsError: ``path`` exists.
@@ -219,7 +227,9 @@ def save_compressed(
         for suffix, part in CODECS[chosen[name]].encode(tensor.detach().cpu()).items():
             tensors[f"{name}::{suffix}"] = part.contiguous()
     fields = json.loads(json.dumps({"format": FORMAT, "net": dict(net_spec), "codecs": chosen,
-                                    "transforms": list(record or []), "values": values, "submodule": submodule}))
+                                    "transforms": list(record or []), "values": values, "submodule": submodule,
+                                    "kernels": {k: dict(v) for k, v in (kernels or {}).items()},
+                                    "layout": layout}))
     fields["checksum"] = _checksum(tensors, fields)
     path.parent.mkdir(parents=True, exist_ok=True)
     # One metadata entry, its JSON keys sorted: safetensors writes several entries in a random (hash) order, which
@@ -256,17 +266,20 @@ def _read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torch.Tens
             raise ArtifactError(f"{path} was changed or damaged after export: its checksum does not match what it "
                                 f"holds (recorded {str(recorded)[:16] or 'none'}..., computed {computed[:16]}...); "
                                 "nothing was loaded")
-    return {"transforms": [], "values": {}, "submodule": "", "codecs": {}, **fields}, stored
+    return {"transforms": [], "values": {}, "submodule": "", "codecs": {}, "kernels": {}, "layout": "contiguous",
+            **fields}, stored
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The artifact's metadata (``format``, ``net``, ``codecs``, ``transforms``, ``values``, ``submodule``), the
-    file checked first (see :func:`load_compressed`)."""
+    """The artifact's metadata (``format``, ``net``, ``codecs``, ``transforms``, ``values``, ``submodule``,
+    ``kernels``, ``layout``), the file checked first (see :func:`load_compressed`)."""
     meta, _ = _read(path)
-    return {key: meta[key] for key in ("format", "net", "codecs", "transforms", "values", "submodule")}
+    keys = ("format", "net", "codecs", "transforms", "values", "submodule", "kernels", "layout")
+    return {key: meta[key] for key in keys}
 
 
-def load_compressed(path: str | os.PathLike, trusted: Iterable[Trusted] = ()) -> nn.Module:
+def load_compressed(path: str | os.PathLike, trusted: Iterable[Trusted] = (), sparse_kernels: str = "auto"
+                    ) -> nn.Module:
     """Rebuild the network stored at ``path``, in eval mode, on the CPU: build it from its spec, replay its
     structural transforms, load its tensors (strictly: every key, every shape). An artifact of a user's own
     LightningModule rebuilds that module from its class path and saved init arguments and returns the network
@@ -276,8 +289,15 @@ def load_compressed(path: str | os.PathLike, trusted: Iterable[Trusted] = ()) ->
     class (the zoo, or what ``trusted`` names: classes, factories, class paths or module names) with plain
     arguments, and the file must match its checksum.
 
+    Pruned ``Linear`` layers run the kernels the export measured fastest for them (``sparse_kernels="auto"``, the
+    choice the artifact records; see :mod:`lightning_micro.core.sparse_kernels`); ``"always"`` gives every pruned
+    one CSR kernels, ``"never"`` plain dense layers. A CNN whose export timed channels_last faster runs in that
+    layout (the ``layout`` the artifact records; :mod:`lightning_micro.core.memory_layout`).
+
     Raises:
-        ArtifactError: the file is not a readable artifact, or it changed after export.
+        ArtifactError: the file is not a readable artifact, it changed after export, or it records sparse kernels
+            for layers the network does not have.
+        ValueError: ``sparse_kernels`` is not one of ``auto``, ``always``, ``never``.
         UntrustedSpecError: the spec names something not trusted, or passes more than plain arguments.
     """
     meta, stored = _read(path)
@@ -307,4 +327,22 @@ def load_compressed(path: str | os.PathLike, trusted: Iterable[Trusted] = ()) ->
             raise ArtifactError(f"{path}: {key} is a packed linear weight the rebuilt network does not have")
         setattr(net, key, state.pop(key))
     net.load_state_dict(state, strict=True)
-    return net.eval()
+    if meta["layout"] not in LAYOUTS:
+        raise ArtifactError(f"{path}: its layout {meta['layout']!r} is not one of {list(LAYOUTS)}")
+    apply_layout(net, meta["layout"])
+    return _with_kernels(net.eval(), meta["kernels"], sparse_kernels, path)
+
+
+def _with_kernels(net: nn.Module, recorded: Mapping[str, Any], mode: str, path: str | os.PathLike) -> nn.Module:
+    if mode not in sparse_kernels.MODES:
+        raise ValueError(f"sparse_kernels must be one of {list(sparse_kernels.MODES)}, got {mode!r}")
+    if mode == "never":
+        return net
+    if mode == "always":
+        return sparse_kernels.apply_kernels(net, sparse_kernels.choose_kernels(net, [], mode="always"))
+    if not isinstance(recorded, dict) or not all(isinstance(v, dict) for v in recorded.values()):
+        raise ArtifactError(f"{path}: its sparse kernels are not a mapping of layer names to batch sizes")
+    try:
+        return sparse_kernels.apply_kernels(net, recorded)
+    except ValueError as err:
+        raise ArtifactError(f"{path}: {err}") from err

@@ -12,6 +12,9 @@ can be converted later: :func:`export_onnx` rebuilds the network with
   DequantizeLinear(int8 weight) -> Conv/Gemm -> QuantizeLinear. ONNX Runtime's CPU provider fuses these into
   its integer kernels (QLinearConv, QGemm), which :func:`integer_kernels` lists from the optimized graph.
 
+Pruned and low-bit weights are stored compactly and rebuilt by standard operators that ONNX Runtime folds when it
+builds the session (:mod:`lightning_micro.artifact.onnx_weights`), so the file is about as small as the artifact.
+
 The batch axis is dynamic (input ``input``, output ``logits``). :class:`OnnxRuntimeNet` wraps an inference session
 as a module, so that the report times it beside the PyTorch networks with the same benchmark.
 
@@ -38,8 +41,10 @@ import torch
 from torch import nn
 
 from lightning_micro.artifact.format import ARTIFACT_NAME, ArtifactError, load_compressed, read_metadata
+from lightning_micro.artifact.onnx_weights import compact_weights
 from lightning_micro.artifact.trust import Trusted, UntrustedSpecError
 from lightning_micro.core import int8_pt2e
+from lightning_micro.core.sparse_kernels import SparseLinear, remove_kernels
 
 FORMATS = ("onnx",)
 OPSET = 18
@@ -125,9 +130,12 @@ def for_export(net: nn.Module) -> nn.Module:
     """The form of ``net`` the exporter translates: a PT2E int8 network with its activations' scales and zero points
     as literals in the graph (the artifact keeps them as buffers; ``torch.onnx`` turns literal ones into
     QuantizeLinear/DequantizeLinear attributes); torch.ao's quantized dropout (an identity in inference, which no
-    ONNX opset has: timm's networks keep theirs, as modules or ``F.dropout`` calls) as an identity, on a copy."""
+    ONNX opset has: timm's networks keep theirs, as modules or ``F.dropout`` calls) as an identity; layers on
+    sparse kernels as plain ``Linear`` layers (ONNX has no CSR product); each on a copy."""
     if is_pt2e(net):
         return int8_pt2e.with_literal_qparams(net)
+    if any(isinstance(module, SparseLinear) for module in net.modules()):  # ONNX has no CSR matmul: dense layers
+        net = remove_kernels(copy.deepcopy(net))
     from torch.ao.nn.quantized import Dropout as QuantizedDropout
 
     dropouts = [name for name, module in net.named_modules() if isinstance(module, QuantizedDropout)]
@@ -170,15 +178,19 @@ def write_onnx(net: nn.Module, input_shape: Sequence[int], path: str | os.PathLi
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
             else:
+                # The exporter's optimizer folds a low-bit TT layer's cores into reshaped copies, which no longer
+                # match the codes they were decoded from (onnx_weights); ONNX Runtime folds them itself
+                decoded = any(hasattr(module, "decoded_weights") for module in net.modules())
                 program = torch.onnx.export(net, example, dynamo=True, opset_version=opset,
                                             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                                            verbose=False)
+                                            verbose=False, optimize=not decoded)
                 program.save(str(partial), external_data=False)
+        model = onnx.load(str(partial))
         if is_pt2e(net):
-            model = onnx.load(str(partial))
             int8_weights_to_uint8(model)
-            onnx.save(model, str(partial))
+        compact_weights(model, net)  # pruned and low-bit weights about as small as in the artifact
+        onnx.save(model, str(partial))
         onnx.checker.check_model(str(partial), full_check=True)
         partial.rename(path)
     except (RuntimeError, torch.onnx.errors.OnnxExporterError, onnx.checker.ValidationError) as err:
@@ -208,7 +220,7 @@ def _exporter_quiet():
     # that reads torch.ao's packed weights; see the module docstring). The export is checked instead.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export")]
+        loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir", "torch.export")]
         levels = [logger.level for logger in loggers]
         for logger in loggers:
             logger.setLevel(logging.ERROR)
@@ -254,7 +266,7 @@ def export_onnx(
     artifact = resolve_artifact(source)
     try:
         shape = list(input_shape) if input_shape is not None else artifact_input_shape(artifact)
-        net = load_compressed(artifact, trusted)
+        net = load_compressed(artifact, trusted, sparse_kernels="never")
     except (ArtifactError, UntrustedSpecError) as err:
         raise OnnxExportError(str(err)) from err
     if not shape:
@@ -295,6 +307,12 @@ class OnnxRuntimeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().cpu().float().numpy()})
         return torch.from_numpy(logits)
+
+    def timed_call(self, x: torch.Tensor):
+        """What a deployment runs per batch, for timing: ``session.run`` on ``x`` already as a NumPy array (the
+        conversion from and to torch tensors that :meth:`forward` adds is left out)."""
+        feed = {INPUT_NAME: x.detach().cpu().float().numpy()}
+        return lambda: self.session.run([OUTPUT_NAME], feed)
 
 
 def integer_kernels(path: str | os.PathLike) -> list[str]:

@@ -10,11 +10,13 @@ Pure torch; no Lightning. Every figure is measured, none estimated:
 - ``macs/*`` come from ``torch.utils.flop_counter`` while the network runs one image (FLOPs / 2, matmul and
   convolution ops, and the integer ``quantized::linear`` / ``quantized::conv*`` ops, counted from their packed
   weights). ``macs/dense`` runs the freshly built dense network, ``macs/effective`` the artifact as reloaded: a
-  sparse network run by dense kernels executes every MAC, so its effective count equals the dense one.
+  layer on dense kernels executes every MAC, zeros included; one on a sparse (CSR) kernel one per stored non-zero
+  (``kernels/*`` say which layers run which kernel; the count is taken at batch 1, so on the batch-1 kernels).
 - ``latency/*`` are medians of ``torch.utils.benchmark`` on the CPU with a fixed thread count, the dense
   network and the reloaded artifact measured in alternation in one process; ``latency/speedup_*`` is their ratio.
-  With ``report.onnx=true`` the artifact's ONNX model, run by ONNX Runtime with the same thread count, is timed in
-  the same rounds (``latency/onnx_*``), and ``size/onnx_bytes`` is its file's size.
+  With ``report.onnx=true`` the artifact's ONNX model and the dense network's, run by ONNX Runtime with the same
+  thread count, are timed in the same rounds (``latency/onnx_*``), and ``size/onnx_bytes`` is the artifact's ONNX
+  file's size. ``runtime/fastest_b*`` names the runtime in which the compressed network is fastest.
 
 Techniques add their own fields (bits, ranks, removed layers) by giving their callback a method
 ``report_fields(net) -> dict[str, int | float | str]`` (declared on
@@ -25,7 +27,6 @@ into the report.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import statistics
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_micro.core.sparse_kernels import flop_formulas as sparse_flop_formulas
+from lightning_micro.core.sparse_kernels import import_benchmark, kernel_fields
 
 ReportValue = int | float | str
 
@@ -102,10 +106,11 @@ def _quantized_op_flops(x, packed_params, *args, out_val=None, **kwargs) -> int:
 _quantized_op_flops._get_raw = True  # type: ignore[attr-defined]  # FlopCounterMode: pass the packed weights
 
 
-def _quantized_flop_formulas() -> dict[Any, Any]:
+def _flop_formulas() -> dict[Any, Any]:
     ops = torch.ops.quantized
     names = ("linear", "linear_relu", "conv1d", "conv1d_relu", "conv2d", "conv2d_relu", "conv3d", "conv3d_relu")
-    return {getattr(ops, name): _quantized_op_flops for name in names}
+    return {**{getattr(ops, name): _quantized_op_flops for name in names},
+            **sparse_flop_formulas()}
 
 
 _CONVOLUTION_OPS = ("convolution", "conv1d", "conv2d", "conv3d")
@@ -117,7 +122,7 @@ def count_macs(net: nn.Module, input_shape: Sequence[int], convolutions_only: bo
     (a TT layer's matrix rebuilt from its cores, while they do not change) is not counted as per-image work."""
     was_training = net.training
     net.eval()
-    counter = FlopCounterMode(display=False, custom_mapping=_quantized_flop_formulas())
+    counter = FlopCounterMode(display=False, custom_mapping=_flop_formulas())
     x = torch.zeros(1, *input_shape)
     try:
         with torch.no_grad():
@@ -133,19 +138,6 @@ def count_macs(net: nn.Module, input_shape: Sequence[int], convolutions_only: bo
                if str(op).split(".")[1].startswith(_CONVOLUTION_OPS)) // 2
 
 
-def _import_benchmark():
-    # torch.utils.benchmark imports cpp_extension, which warns on a CUDA build of torch without a GPU
-    # ("No CUDA runtime is found"); that says nothing about CPU timing, so keep it out of the run's output.
-    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
-    level = cpp_logger.level
-    cpp_logger.setLevel(logging.ERROR)
-    try:
-        from torch.utils import benchmark
-    finally:
-        cpp_logger.setLevel(level)
-    return benchmark
-
-
 def measure_latency_ms(
     nets: Mapping[str, nn.Module],
     input_shape: Sequence[int],
@@ -158,21 +150,40 @@ def measure_latency_ms(
 
     Each round measures every network once with ``torch.utils.benchmark`` (``blocked_autorange``); the result
     is the median over rounds of each measurement's median, so a noisy neighbour hurts all networks alike.
+    A PyTorch network is timed as ``net(x)`` under ``torch.no_grad()``; a network with a ``timed_call(x)`` method
+    (:class:`~lightning_micro.artifact.onnx.OnnxRuntimeNet`) as the call that method returns (for ONNX Runtime:
+    ``session.run`` on a NumPy array, as a deployment calls it).
     """
-    benchmark = _import_benchmark()
+    benchmark = import_benchmark()
     x = torch.randn(batch_size, *input_shape)
     samples: dict[str, list[float]] = {name: [] for name in nets}
     for net in nets.values():
         net.eval()
+    calls = {name: net.timed_call(x) if isinstance(net, TimedCall) else _no_grad_call(net, x)
+             for name, net in nets.items()}
     for _ in range(rounds):
-        for name, net in nets.items():
-            timer = benchmark.Timer(
-                stmt="with torch.no_grad(): net(x)",
-                globals={"net": net, "x": x, "torch": torch},
-                num_threads=num_threads,
-            )
+        for name, call in calls.items():
+            timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=num_threads)
             samples[name].append(timer.blocked_autorange(min_run_time=min_run_time).median * 1e3)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+@runtime_checkable
+class TimedCall(Protocol):
+    """A network that says how a deployment calls it: ``timed_call(x)`` returns the zero-argument call to time."""
+
+    def timed_call(self, x: torch.Tensor) -> Any: ...
+
+
+def _no_grad_call(net: nn.Module, x: torch.Tensor):
+    def call():
+        with torch.no_grad():
+            return net(x)
+    return call
+
+
+# The runtimes the report times the artifact in, by the prefix of their fields (``latency/<prefix>ms_b*``).
+RUNTIMES = {"": "PyTorch eager", "onnx_": "ONNX Runtime"}
 
 
 def build_report(
@@ -186,16 +197,23 @@ def build_report(
     latency_threads: int = 1,
     latency_min_run_time: float = 0.2,
     onnx_net: nn.Module | None = None,
+    onnx_dense_net: nn.Module | None = None,
 ) -> dict[str, ReportValue]:
     """All measured fields for ``net`` (the compressed network, as reloaded from ``artifact_path``) against
     ``dense_net`` (the same architecture, uncompressed; its fp32 export at ``dense_path``). With ``onnx_net`` (the
     artifact's ONNX model in ONNX Runtime, :class:`lightning_micro.artifact.onnx.OnnxRuntimeNet`), its file's bytes
-    (``size/onnx_bytes``) and its latency, timed in the same rounds (``latency/onnx_ms_b*``, and
-    ``latency/onnx_vs_artifact_b*``: the PyTorch artifact's time over ONNX Runtime's)."""
+    (``size/onnx_bytes``) and its latency, timed in the same rounds (``latency/onnx_ms_b*``;
+    ``latency/onnx_vs_artifact_b*``: the PyTorch artifact's time over ONNX Runtime's;
+    ``latency/onnx_vs_eager_dense_b*``: the dense network's PyTorch time over it). With ``onnx_dense_net`` (the
+    dense network's ONNX model), that too (``latency/onnx_dense_ms_b*``, ``latency/onnx_speedup_b*``: compressed
+    against dense, both in ONNX Runtime).
+    ``runtime/fastest_b*`` names the runtime whose compressed form is fastest at that batch size and
+    ``latency/fastest_speedup_b*`` its speed-up against the dense network in the same runtime."""
     report: dict[str, ReportValue] = {k: float(v) for k, v in (metrics or {}).items()}
     report.update(parameter_counts(net))
     report["params/dense_total"] = parameter_counts(dense_net)["params/total"]
     report.update(sparsity(net))
+    report.update(kernel_fields(net))
     dense_bytes = Path(dense_path).stat().st_size
     artifact_bytes = Path(artifact_path).stat().st_size
     report.update({
@@ -211,7 +229,11 @@ def build_report(
         report["macs/effective_conv"] = count_macs(net, input_shape, convolutions_only=True)
     if onnx_net is not None:
         report["size/onnx_bytes"] = Path(onnx_net.path).stat().st_size
-    nets = {"net": net, "dense": dense_net, **({"onnx": onnx_net} if onnx_net is not None else {})}
+    nets = {"net": net, "dense": dense_net}
+    if onnx_net is not None:
+        nets["onnx"] = onnx_net
+    if onnx_dense_net is not None:
+        nets["onnx_dense"] = onnx_dense_net
     for batch in latency_batch_sizes:
         times = measure_latency_ms(nets, input_shape, batch, latency_threads, latency_min_run_time)
         report[f"latency/ms_b{batch}"] = times["net"]
@@ -220,8 +242,45 @@ def build_report(
         if onnx_net is not None:
             report[f"latency/onnx_ms_b{batch}"] = times["onnx"]
             report[f"latency/onnx_vs_artifact_b{batch}"] = times["net"] / times["onnx"]
+            report[f"latency/onnx_vs_eager_dense_b{batch}"] = times["dense"] / times["onnx"]
+        if onnx_dense_net is not None:
+            report[f"latency/onnx_dense_ms_b{batch}"] = times["onnx_dense"]
+            report[f"latency/onnx_speedup_b{batch}"] = times["onnx_dense"] / times["onnx"]
+        report.update(fastest_form(report, batch))
     report["latency/threads"] = latency_threads
     return report
+
+
+def fastest_form(report: Mapping[str, Any], batch: int) -> dict[str, ReportValue]:
+    """``runtime/fastest_b<batch>``: the runtime (:data:`RUNTIMES`) that runs the compressed network fastest at that
+    batch size, among those whose dense network was timed too (a speed-up needs both), and
+    ``latency/fastest_speedup_b<batch>``: its dense time over its compressed time, in that same runtime."""
+    timed = {prefix: report[f"latency/{prefix}ms_b{batch}"] for prefix in RUNTIMES
+             if f"latency/{prefix}ms_b{batch}" in report and f"latency/{prefix}dense_ms_b{batch}" in report}
+    if not timed:
+        return {}
+    prefix = min(timed, key=timed.__getitem__)
+    return {f"runtime/fastest_b{batch}": RUNTIMES[prefix],
+            f"latency/fastest_speedup_b{batch}": report[f"latency/{prefix}dense_ms_b{batch}"] / timed[prefix]}
+
+
+def headline(report: Mapping[str, Any]) -> str | None:
+    """The run's last word: ``"13.7x smaller, 1.84x faster (batch 64, ONNX Runtime)"``, at the largest batch size
+    measured, in the runtime fastest there, against the dense network in that runtime; or, when no form is faster
+    than dense, that it is not and why (:func:`latency_note`)."""
+    sizes = sorted(int(k.rsplit("_b", 1)[1]) for k in report if k.startswith("runtime/fastest_b"))
+    if not sizes or "size/ratio" not in report:
+        return None
+    batch = sizes[-1]
+    runtime, speedup = report[f"runtime/fastest_b{batch}"], report[f"latency/fastest_speedup_b{batch}"]
+    smaller = f"{report['size/ratio']:.1f}x smaller"
+    if speedup > 1.0:
+        return f"{smaller}, {speedup:.2f}x faster (batch {batch}, {runtime})"
+    dense, effective = report.get("macs/dense", 0), report.get("macs/effective", 0)
+    why = latency_note(report) or (
+        "a network this small spends its time on per-call overhead, not arithmetic" if effective < dense else
+        f"it runs {effective / max(dense, 1):.2f}x the dense network's multiply-accumulates per image")
+    return f"{smaller}, not faster: {speedup:.2f}x the dense speed at best (batch {batch}, {runtime}); {why}"
 
 
 def write_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
@@ -234,18 +293,49 @@ def write_report(report: Mapping[str, Any], path: str | os.PathLike) -> None:
 
 def latency_note(report: Mapping[str, Any]) -> str | None:
     """One line on why batch 1 and batch 64 disagree, when the compressed network is slower than the dense one at
-    batch 1 but not at the largest batch measured (None otherwise)."""
-    small, large = report.get("latency/speedup_b1"), None
+    batch 1 but not at the largest batch measured (None otherwise), in the fastest runtime where one is named."""
     sizes = sorted(int(k.rsplit("_b", 1)[1]) for k in report if k.startswith("latency/speedup_b"))
+    named = all(f"latency/fastest_speedup_b{size}" in report for size in sizes)
+    key = "latency/fastest_speedup_b{}" if named else "latency/speedup_b{}"
+    small, large = report.get(key.format(1)), None
     if sizes and sizes[-1] > 1:
-        large = report.get(f"latency/speedup_b{sizes[-1]}")
+        large = report.get(key.format(sizes[-1]))
     if small is None or large is None or small >= 1.0 or large <= small:
         return None
+    int8 = report.get("quant/activation_bits") == 8
     why = ("the int8 kernels pay a fixed cost per call (quantizing the input, requantizing every layer's output) "
-           "that a network this small does not earn back" if report.get("quant/activation_bits") == 8 else
+           "that a network this small does not earn back" if int8 else
            "a network this small spends a batch-1 call on per-call overhead, not arithmetic")
-    return (f"Batch 1 is {small:.2f}x the dense speed, batch {sizes[-1]} {large:.2f}x: {why}; the larger batch "
-            "shows the kernels' throughput.")
+    where = ""
+    if named:
+        first, last = report["runtime/fastest_b1"], report[f"runtime/fastest_b{sizes[-1]}"]
+        where = f" ({first})" if first == last else f" ({first} at batch 1, {last} at {sizes[-1]})"
+    return (f"Batch 1 is {small:.2f}x the dense speed, batch {sizes[-1]} {large:.2f}x{where}: {why}; the larger "
+            "batch shows the kernels' throughput.")
+
+
+def render_runtimes(report: Mapping[str, Any]):
+    """The compressed and dense networks' latency in each runtime timed, as a ``rich`` table (None when only one
+    runtime was timed): milliseconds per batch, the speed-up against dense in the same runtime and against dense
+    PyTorch eager; the fastest form at each batch size is marked."""
+    from rich.table import Table
+
+    sizes = sorted(int(k.rsplit("_b", 1)[1]) for k in report if k.startswith("latency/dense_ms_b"))
+    runtimes = [p for p in RUNTIMES if all(f"latency/{p}dense_ms_b{b}" in report for b in sizes)]
+    if len(runtimes) < 2:
+        return None
+    table = Table(title="Latency by runtime (1 thread)")
+    for column in ("runtime", "batch", "ms", "dense ms", "x dense", "x dense eager"):
+        table.add_column(column, justify="left" if column == "runtime" else "right")
+    for prefix in runtimes:
+        for b in sizes:
+            ms, dense = report[f"latency/{prefix}ms_b{b}"], report[f"latency/{prefix}dense_ms_b{b}"]
+            star = " *" if report.get(f"runtime/fastest_b{b}") == RUNTIMES[prefix] else ""
+            table.add_row(RUNTIMES[prefix] + star, str(b), f"{ms:.4f}", f"{dense:.4f}", f"{dense / ms:.2f}",
+                          f"{report[f'latency/dense_ms_b{b}'] / ms:.2f}")
+    table.caption = ("* fastest at that batch size; x dense: against the dense network in the same runtime, "
+                     "x dense eager: against it in PyTorch eager")
+    return table
 
 
 def render_table(report: Mapping[str, Any], title: str = "Compression report"):

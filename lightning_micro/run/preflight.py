@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig
 
+from lightning_micro.core.memory_layout import LAYOUTS
+from lightning_micro.core.sparse_kernels import MODES as SPARSE_KERNEL_MODES
 from lightning_micro.run.instantiate import ConfigError
 
 UNTRAINED = ("is 0, so the run would train nothing and export an untrained network; give it a positive value, "
@@ -65,7 +67,7 @@ def check_run_config(cfg: DictConfig) -> None:
     if not isinstance(report, (DictConfig, Mapping)):
         raise ConfigError("report", f"must be a mapping, got {_shown(report)}")
     allowed = {"latency_batch_sizes", "latency_threads", "latency_min_run_time", "allow_untrained", "byte_budget",
-               "onnx"}
+               "onnx", "sparse_kernels", "memory_layout"}
     unknown = sorted(set(report) - allowed)
     if unknown:
         raise ConfigError(f"report.{unknown[0]}", f"is not a report setting; the settings are {sorted(allowed)}")
@@ -80,6 +82,12 @@ def check_run_config(cfg: DictConfig) -> None:
     for key in ("allow_untrained", "onnx"):
         if not isinstance(report.get(key, False), bool):
             raise ConfigError(f"report.{key}", f"must be true or false, got {_shown(report.get(key))}")
+    kernels = report.get("sparse_kernels", "auto")
+    if kernels not in SPARSE_KERNEL_MODES:
+        raise ConfigError("report.sparse_kernels", f"must be one of {list(SPARSE_KERNEL_MODES)}, got {_shown(kernels)}")
+    layout = report.get("memory_layout", "auto")
+    if layout not in ("auto", *LAYOUTS):
+        raise ConfigError("report.memory_layout", f"must be one of {['auto', *LAYOUTS]}, got {_shown(layout)}")
     budget = report.get("byte_budget")
     if budget is not None and (not _is_int(budget) or budget < 1):
         raise ConfigError("report.byte_budget", f"must be a number of bytes >= 1 or null, got {_shown(budget)}")

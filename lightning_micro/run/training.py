@@ -21,10 +21,11 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig
 
 from lightning_micro.artifact.format import ARTIFACT_NAME, load_compressed, save_compressed
-from lightning_micro.artifact.onnx import ONNX_NAME, OnnxRuntimeNet, compare_outputs, write_onnx
+from lightning_micro.artifact.onnx import ONNX_NAME, OnnxExportError, OnnxRuntimeNet, compare_outputs, write_onnx
 from lightning_micro.callbacks.interruption import InterruptionCheckpoint
 from lightning_micro.callbacks.technique import CompressionTechnique, check_same_techniques
 from lightning_micro.contract import export_compressed
+from lightning_micro.core.memory_layout import apply_layout, choose_layout, layout_of
 from lightning_micro.report import measure as reporting
 from lightning_micro.report.pictures import layer_picture
 from lightning_micro.run.classifier import ClassifierModule
@@ -107,6 +108,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             line = wandb_line(logger)
             logger.experiment.finish()
             rank_zero_info(line)
+    if trainer.is_global_zero and reporting.headline(metrics):  # the run's last word
+        rank_zero_info(reporting.headline(metrics))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # stop gloo's threads before the interpreter does: otherwise a DDP process can abort on exit
         torch.distributed.destroy_process_group()
@@ -174,18 +177,26 @@ def write_run_report(
     settings = cfg.get("report") or {}
     net_spec = module.net_spec
     artifact_path = output_dir / ARTIFACT_NAME
-    export_compressed(trainer, artifact_path, module)  # finalizes every technique (e.g. int8 conversion)
+    # finalizes every technique (e.g. int8 conversion) and times the sparse kernels at the report's batch sizes
+    batch_sizes, threads = list(settings.get("latency_batch_sizes", (1, 64))), int(settings.get("latency_threads", 1))
+    layout_setting = str(settings.get("memory_layout", "auto"))
+    export_compressed(trainer, artifact_path, module, sparse_kernels=str(settings.get("sparse_kernels", "auto")),
+                      kernel_batch_sizes=batch_sizes, kernel_threads=threads, memory_layout=layout_setting)
     # Measure what a user gets from the file, not the training copy. The run's own config named the network, so
     # its class is trusted here (a user's network class too, imported by the run already).
     deployed = load_compressed(artifact_path, trusted=[net_spec["_target_"]])
-    onnx_net = None
-    if settings.get("onnx", False):  # derived from the artifact, as lightning-micro-export would write it
-        write_onnx(deployed, module.input_shape, output_dir / ONNX_NAME)
-        onnx_net = OnnxRuntimeNet(output_dir / ONNX_NAME, threads=int(settings.get("latency_threads", 1)))
     with tempfile.TemporaryDirectory() as tmp:
         dense = instantiate(net_spec, "model.net").eval()
         dense_path = Path(tmp) / "dense.safetensors"
         save_compressed(dense, net_spec, dense_path)
+        # the dense network in its own fastest layout, chosen the same way, so that a speed-up is not the layout's
+        dense_layout = (choose_layout(dense, module.input_shape, batch_sizes, threads)[0]
+                        if layout_setting == "auto" else layout_setting)
+        apply_layout(dense, dense_layout)
+        onnx_net = onnx_dense = None
+        if settings.get("onnx", True):  # derived from the artifact, as lightning-micro-export would write it
+            onnx_net, onnx_dense = onnx_runtime_nets(deployed, dense, module.input_shape, output_dir, Path(tmp),
+                                                     int(settings.get("latency_threads", 1)))
         report = reporting.build_report(
             deployed,
             dense,
@@ -197,6 +208,7 @@ def write_run_report(
             latency_threads=int(settings.get("latency_threads", 1)),
             latency_min_run_time=float(settings.get("latency_min_run_time", 0.2)),
             onnx_net=onnx_net,
+            onnx_dense_net=onnx_dense,
         )
     if onnx_net is not None:  # the ONNX model's outputs against the artifact's, on the batches the run tested
         tested = trainer.num_test_batches[0]  # an int, or inf for a loader of unknown length
@@ -205,6 +217,7 @@ def write_run_report(
         parity = compare_outputs(deployed, onnx_net, batches)
         report.update({"onnx/max_abs_diff": parity["max_abs_diff"],
                        "onnx/argmax_agreement": parity["argmax_agreement"]})
+    report.update({"layout/artifact": layout_of(deployed), "layout/dense": dense_layout})
     for callback in trainer.callbacks:
         if isinstance(callback, CompressionTechnique):
             report.update(callback.report_fields(module.net))
@@ -221,11 +234,27 @@ def write_run_report(
 
     console = Console()
     console.print(reporting.render_table(report))
+    runtimes = reporting.render_runtimes(report)
+    if runtimes is not None:
+        console.print(runtimes)
     note = reporting.latency_note(report)
     if note:
         console.print(note, soft_wrap=True)
     rank_zero_info(written_files_line(output_dir))
     return report
+
+
+def onnx_runtime_nets(deployed: torch.nn.Module, dense: torch.nn.Module, input_shape: Any, output_dir: Path,
+                      tmp: Path, threads: int) -> tuple[OnnxRuntimeNet | None, OnnxRuntimeNet | None]:
+    """The artifact's ONNX model (written as ``model.onnx``) and the dense network's (a temporary file), each in an
+    ONNX Runtime session; ``(None, None)`` with the reason logged when the network cannot be exported."""
+    try:
+        write_onnx(deployed, input_shape, output_dir / ONNX_NAME)
+        write_onnx(dense, input_shape, tmp / "dense.onnx")
+    except OnnxExportError as err:
+        rank_zero_info(f"No ONNX model: {err}; the report times PyTorch alone")
+        return None, None
+    return OnnxRuntimeNet(output_dir / ONNX_NAME, threads), OnnxRuntimeNet(tmp / "dense.onnx", threads)
 
 
 def written_files_line(output_dir: Path) -> str:

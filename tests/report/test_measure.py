@@ -79,3 +79,41 @@ def test_the_latency_note_explains_a_slow_batch_1_only_when_there_is_one():
     assert latency_note({"latency/speedup_b1": 1.3, "latency/speedup_b64": 2.0}) is None  # faster at both
     assert latency_note({"latency/speedup_b1": 0.8, "latency/speedup_b64": 0.7}) is None  # no batch effect
     assert latency_note({"latency/speedup_b1": 0.8}) is None  # one batch size measured
+
+
+def test_the_runtime_table_names_the_fastest_form_against_dense_in_its_own_runtime(tmp_path):
+    from lightning_micro.artifact.onnx import OnnxRuntimeNet, write_onnx
+
+    torch.manual_seed(0)
+    net, dense = LeNet300([1, 8, 8]), LeNet300([1, 8, 8])
+    spec = {**SPEC, "input_shape": [1, 8, 8]}
+    save_compressed(net, spec, tmp_path / "a.safetensors")
+    save_compressed(dense, spec, tmp_path / "d.safetensors")
+    write_onnx(net, [1, 8, 8], tmp_path / "a.onnx")
+    write_onnx(dense, [1, 8, 8], tmp_path / "d.onnx")
+    fields = report.build_report(net, dense, [1, 8, 8], tmp_path / "a.safetensors", tmp_path / "d.safetensors",
+                                 latency_batch_sizes=[1, 16], latency_min_run_time=0.01,
+                                 onnx_net=OnnxRuntimeNet(tmp_path / "a.onnx"),
+                                 onnx_dense_net=OnnxRuntimeNet(tmp_path / "d.onnx"))
+    for b in (1, 16):
+        assert {f"latency/onnx_ms_b{b}", f"latency/onnx_dense_ms_b{b}", f"latency/onnx_speedup_b{b}",
+                f"latency/onnx_vs_eager_dense_b{b}", f"runtime/fastest_b{b}"} <= set(fields)
+        fastest = fields[f"runtime/fastest_b{b}"]
+        prefix = {"PyTorch eager": "", "ONNX Runtime": "onnx_"}[fastest]
+        assert fields[f"latency/{prefix}ms_b{b}"] == min(fields[f"latency/ms_b{b}"], fields[f"latency/onnx_ms_b{b}"])
+        assert fields[f"latency/fastest_speedup_b{b}"] == pytest.approx(
+            fields[f"latency/{prefix}dense_ms_b{b}"] / fields[f"latency/{prefix}ms_b{b}"])
+    line = report.headline(fields)
+    speedup = fields["latency/fastest_speedup_b16"]
+    assert line.startswith(f"{fields['size/ratio']:.1f}x smaller, ")
+    assert f"batch 16, {fields['runtime/fastest_b16']}" in line
+    assert ("x faster" in line) == (speedup > 1.0) and ("not faster" in line) == (speedup <= 1.0)
+
+
+def test_the_headline_says_so_when_no_form_is_faster():
+    fields = {"size/ratio": 4.0, "runtime/fastest_b64": "ONNX Runtime", "latency/fastest_speedup_b64": 0.9,
+              "macs/dense": 100, "macs/effective": 100}
+    assert report.headline(fields) == ("4.0x smaller, not faster: 0.90x the dense speed at best (batch 64, ONNX "
+                                       "Runtime); it runs 1.00x the dense network's multiply-accumulates per image")
+    assert report.headline({**fields, "latency/fastest_speedup_b64": 1.5}) == (
+        "4.0x smaller, 1.50x faster (batch 64, ONNX Runtime)")

@@ -15,7 +15,8 @@ from tests.helpers.cli import run_cli
 from tests.helpers.config import ROOT, mnist_dir
 
 QUICK = ["debug=fdr", "~callbacks.rich_progress_bar", "report.latency_min_run_time=0.01",
-         "report.latency_batch_sizes=[1]"]
+         "report.latency_batch_sizes=[1]", "report.onnx=false",
+         "report.sparse_kernels=never", "report.memory_layout=contiguous"]
 
 
 def test_unknown_group_option_lists_the_allowed_ones(tmp_path):
@@ -76,7 +77,8 @@ def test_ddp_fit_on_two_cpu_processes(tmp_path):
     out = run_cli(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1",
                    "compression=[]",
                    "logger=csv", "~callbacks.rich_progress_bar", "report.latency_min_run_time=0.01",
-                   "report.latency_batch_sizes=[1]", f"hydra.run.dir={run_dir}"])
+                   "report.latency_batch_sizes=[1]", "report.onnx=false", "report.sparse_kernels=never",
+                   "report.memory_layout=contiguous", f"hydra.run.dir={run_dir}"])
     assert out.returncode == 0, out.stderr[-3000:]
     log = out.stdout + out.stderr
     assert "distributed_backend=gloo" in log

@@ -19,7 +19,8 @@ from tests.helpers.config import CONF, compose_cfg, mnist_dir
 RECIPES = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 QUICK = ["trainer.max_epochs=1", "debug=limit"]
 QUIET = ["logger=csv", "~callbacks.rich_progress_bar", "report.latency_min_run_time=0.01",
-         "report.latency_batch_sizes=[1]"]
+         "report.latency_batch_sizes=[1]", "report.onnx=false",
+         "report.sparse_kernels=never", "report.memory_layout=contiguous"]
 WHEN_KEYS = {"start", "end", "swap_at", "prune_at", "remove_at", "freeze_observers", "freeze_bn"}
 
 

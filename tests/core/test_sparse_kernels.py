@@ -1,0 +1,120 @@
+"""Sparse kernels: a pruned Linear on CSR computes what the dense layer computes (float, 8-bit and 4-bit decoded
+weights), its CSR copy follows the weight, and the choice is forced or timed as asked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_micro.core.quantizers import FakeQuantLinear, WeightQuantSpec, to_low_bit
+from lightning_micro.core.sparse_kernels import (
+    MIN_TIMED_SPARSITY,
+    SparseLinear,
+    apply_kernels,
+    candidate_layers,
+    choose_kernels,
+    flop_formulas,
+    remove_kernels,
+)
+
+
+def pruned_linear(in_features: int, out_features: int, sparsity: float, bias: bool = True, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    with torch.no_grad():
+        layer.weight[torch.rand_like(layer.weight) < sparsity] = 0
+    return layer.eval()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 64), (64, 64), (3, 5, 64)])
+def test_a_csr_layer_computes_what_the_dense_layer_computes(bias, shape):
+    layer = pruned_linear(64, 48, 0.9, bias=bias)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        dense = layer(x)
+        net = apply_kernels(nn.Sequential(layer), {"0": {"1": "csr", "64": "csr"}})
+        sparse = net(x)
+    assert isinstance(net[0], SparseLinear)
+    assert sparse.shape == dense.shape
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_decoded_low_bit_weights_run_on_csr_with_equal_outputs(bits):
+    layer = pruned_linear(64, 32, 0.8)
+    fake = FakeQuantLinear(64, 32)
+    fake.load_state_dict(layer.state_dict())
+    deployed = to_low_bit(fake, WeightQuantSpec(bits=bits), nn.Linear).eval()
+    assert float((deployed.weight == 0).float().mean()) >= 0.75  # zero stays exactly zero on the grid
+    x = torch.randn(16, 64)
+    with torch.no_grad():
+        dense = deployed(x)
+        sparse = apply_kernels(nn.Sequential(deployed), {"0": {"16": "csr"}})(x)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_each_batch_size_class_runs_its_own_kernel():
+    layer = apply_kernels(nn.Sequential(pruned_linear(32, 16, 0.9)), {"0": {"1": "dense", "64": "csr"}})[0]
+    assert [layer.kernel_for(b) for b in (1, 2, 7, 9, 64, 1000)] == ["dense"] * 3 + ["csr"] * 3
+    counter = FlopCounterMode(display=False, custom_mapping=flop_formulas())
+    with torch.no_grad(), counter:
+        layer(torch.randn(64, 32))
+    assert counter.get_total_flops() == 2 * 64 * int(torch.count_nonzero(layer.weight))  # one MAC per non-zero
+
+
+def test_the_csr_copy_follows_a_loaded_state_dict():
+    layer = apply_kernels(nn.Sequential(pruned_linear(32, 16, 0.9)), {"0": {"1": "csr"}})
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        layer(x)  # builds the CSR copy of the first weights
+    other = pruned_linear(32, 16, 0.7, seed=1)
+    layer[0].load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), other(x), rtol=1e-5, atol=1e-5)
+        layer[0].weight.mul_(2.0)  # in place: the copy is rebuilt too
+        torch.testing.assert_close(layer(x), nn.functional.linear(x, other.weight * 2, other.bias))
+
+
+def test_the_state_dict_is_the_dense_layers_and_removal_gives_a_plain_linear():
+    net = nn.Sequential(pruned_linear(32, 16, 0.9))
+    keys = {k: v.clone() for k, v in net.state_dict().items()}
+    apply_kernels(net, {"0": {"1": "csr"}})
+    assert set(net.state_dict()) == set(keys)
+    assert type(remove_kernels(net)[0]) is nn.Linear
+
+
+def net_of_three() -> nn.Sequential:
+    return nn.Sequential(pruned_linear(2048, 2048, 0.99), nn.ReLU(), pruned_linear(2048, 64, MIN_TIMED_SPARSITY / 2),
+                         nn.ReLU(), nn.Linear(64, 10))
+
+
+def test_never_always_and_auto():
+    net = net_of_three()
+    assert sorted(candidate_layers(net)) == ["0", "2"]  # the last layer has no zero
+    assert choose_kernels(net, [2048], mode="never") == {}
+    assert choose_kernels(net, [2048], [1, 64], mode="always") == {"0": {"1": "csr", "64": "csr"},
+                                                                   "2": {"1": "csr", "64": "csr"}}
+    auto = choose_kernels(net, [2048], [1, 64], mode="auto")
+    # 99% zeros at batch 64: CSR does 1% of 268M multiply-adds, which no timing noise on this machine outweighs; the
+    # half-sparse layer is not timed
+    assert auto.get("0", {}).get("64") == "csr"
+    assert "2" not in auto
+    assert set(auto["0"]) == {"1", "64"} and set(auto["0"].values()) <= {"dense", "csr"}
+
+
+@pytest.mark.parametrize(("choice", "message"), [
+    ({"9": {"1": "csr"}}, "not an nn.Linear"),
+    ({"0": {"1": "bsr"}}, "kernels one of"),
+    ({"0": {"0": "csr"}}, "positive integers"),
+])
+def test_a_bad_choice_is_refused(choice, message):
+    with pytest.raises(ValueError, match=message):
+        apply_kernels(nn.Sequential(pruned_linear(8, 4, 0.5)), choice)
+
+
+def test_a_bad_mode_is_refused():
+    with pytest.raises(ValueError, match="sparse_kernels must be one of"):
+        choose_kernels(net_of_three(), [2048], mode="sometimes")
