@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Iterable, Sequence
 
@@ -29,9 +30,15 @@ LAYOUTS = ("contiguous", "channels_last")
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
+def kernels_4d(net: nn.Module) -> list[torch.Tensor]:
+    """The network's 4-D float tensors (2-D convolution kernels): parameters, and buffers such as the float weights
+    a low-bit layer decodes from its codes."""
+    return [t for t in itertools.chain(net.parameters(), net.buffers()) if t.dim() == 4 and t.is_floating_point()]
+
+
 def has_4d_weights(net: nn.Module) -> bool:
     """Whether ``net`` holds a 4-D weight (a 2-D convolution): only those have a layout to choose."""
-    return any(p.dim() == 4 for p in net.parameters())
+    return bool(kernels_4d(net))
 
 
 def apply_layout(net: nn.Module, layout: str) -> nn.Module:
@@ -47,7 +54,8 @@ def apply_layout(net: nn.Module, layout: str) -> nn.Module:
 
 def layout_of(net: nn.Module) -> str:
     """``channels_last`` when the network's 4-D weights are in that layout, else ``contiguous``."""
-    weights = [p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+    # a kernel with one input channel or a 1x1 one is both layouts at once: it says nothing
+    weights = [t for t in kernels_4d(net) if t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1]
     if weights and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
                        for p in weights):
         return "channels_last"
