@@ -108,8 +108,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             line = wandb_line(logger)
             logger.experiment.finish()
             rank_zero_info(line)
-    if trainer.is_global_zero and reporting.headline(metrics):  # the run's last word
-        rank_zero_info(reporting.headline(metrics))
+    last_word = reporting.headline(metrics) if trainer.is_global_zero else None
+    if last_word:
+        rank_zero_info(last_word)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # stop gloo's threads before the interpreter does: otherwise a DDP process can abort on exit
         torch.distributed.destroy_process_group()
