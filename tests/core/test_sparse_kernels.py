@@ -17,6 +17,8 @@ from lightning_micro.core.sparse_kernels import (
     choose_kernels,
     flop_formulas,
     remove_kernels,
+    to_csr,
+    transposed_copy,
 )
 
 
@@ -76,6 +78,45 @@ def test_the_csr_copy_follows_a_loaded_state_dict():
         torch.testing.assert_close(layer(x), other(x), rtol=1e-5, atol=1e-5)
         layer[0].weight.mul_(2.0)  # in place: the copy is rebuilt too
         torch.testing.assert_close(layer(x), nn.functional.linear(x, other.weight * 2, other.bias))
+        layer[0].bias.add_(1.0)  # and so is the bias column
+        torch.testing.assert_close(layer(x), nn.functional.linear(x, other.weight * 2, other.bias + 1))
+
+
+def test_csr_layers_in_a_row_pass_transposed_activations_with_equal_outputs():
+    # a CSR layer returns a transposed view; the next CSR layer reads its transpose without a copy, a dense one
+    # (and a ReLU between) takes the view as it is
+    net = nn.Sequential(pruned_linear(96, 64, 0.9), nn.ReLU(), pruned_linear(64, 32, 0.9, seed=1), nn.ReLU(),
+                        pruned_linear(32, 10, 0.5, seed=2)).eval()
+    x = torch.randn(64, 96)
+    with torch.no_grad():
+        dense = net(x)
+        apply_kernels(net, {"0": {"64": "csr"}, "2": {"64": "csr"}})
+        with torch.inference_mode():
+            sparse = net(x)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.randn(64, 80),  # a contiguous batch: NumPy's copy
+    lambda: torch.randn(80, 64).t(),  # already transposed: no copy
+    lambda: torch.randn(64, 80, dtype=torch.float64),
+    lambda: torch.randn(64, 80).to(torch.bfloat16),  # a type NumPy lacks: torch's copy
+    lambda: torch.randn(64, 80, requires_grad=True),  # needs its graph: torch's copy
+])
+def test_the_transposed_copy_is_the_contiguous_transpose(make):
+    rows = make()
+    columns = transposed_copy(rows)
+    assert columns.is_contiguous() and columns.dtype == rows.dtype
+    assert torch.equal(columns, rows.t())
+    if rows.t().is_contiguous():
+        assert columns.data_ptr() == rows.data_ptr()
+
+
+def test_the_csr_weight_keeps_int32_indices_and_its_values():
+    weight = pruned_linear(50, 20, 0.8).weight.detach()
+    csr = to_csr(weight)
+    assert csr.crow_indices().dtype == torch.int32 and csr.col_indices().dtype == torch.int32
+    assert torch.equal(csr.to_dense(), weight)
 
 
 def test_the_state_dict_is_the_dense_layers_and_removal_gives_a_plain_linear():
