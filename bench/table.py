@@ -239,15 +239,16 @@ def runtime_rows(payload: dict) -> list[str]:
             forms = ", ".join(f"{form} {ms:.3f}" for form, ms in f["ms"].items())
             cells.append(f"**{f['speedup_vs_dense_same_runtime']:.2f}x** {f['fastest']} "
                          f"({f['speedup_vs_dense_pytorch_eager']:.2f}x vs dense eager; {forms})")
-        alone = figures["report_onnx_over_standalone"]
+        alone = figures.get("report_onnx_over_standalone")
+        onnx = (f"{run['size/onnx_bytes']:,} ({figures['onnx_over_artifact_bytes']:.2f})" if alone else "no ONNX file")
         met = ", ".join(f"{k} {'met' if v['met'] else 'not met'} (bar {v['bar']})"
                         for k, v in result.get("bars", {}).items()) or "-"
         accuracy = ("1 epoch: structure only" if figures.get("shape_only") else f"{run['test/acc']:.2%}")
         layout = figures.get("layout", {}).get("artifact", "contiguous")
-        rows.append(f"| {name} ({layout}) | {accuracy} | {run['size/artifact_bytes']:,} / "
-                    f"{run['size/onnx_bytes']:,} ({figures['onnx_over_artifact_bytes']:.2f}) | {cells[0]} | "
+        timing = f"{alone['b1']:.2f} / {alone['b64']:.2f}" if alone else "-"
+        rows.append(f"| {name} ({layout}) | {accuracy} | {run['size/artifact_bytes']:,} / {onnx} | {cells[0]} | "
                     f"{cells[1]} | {figures['mac_reduction']:.1f}x / {figures['clock_share_b64']:.2f} | "
-                    f"{alone['b1']:.2f} / {alone['b64']:.2f} | {met} |")
+                    f"{timing} | {met} |")
     return rows
 
 
