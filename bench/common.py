@@ -121,6 +121,7 @@ def bench_arguments(doc: str, configs: dict, default_configs: list[str], out: Pa
     parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--speed", action="store_true", help="re-measure latencies from the runs' artifacts")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--families", nargs="+", help="runtime.py --speed: re-time only these networks (lenet300)")
     return parser.parse_args()
 
 

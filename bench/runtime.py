@@ -3,7 +3,7 @@
 report's ONNX Runtime timing checked).
 
     LM_DATA_DIR=../shared/data python bench/runtime.py [--configs ...] [--seeds 42] [--jobs 1]
-    python bench/runtime.py --speed [--rounds 9]   # after the runs: every form re-timed together
+    python bench/runtime.py --speed [--rounds 9] [--families lenet300]   # after the runs: re-timed together
 
 The four LeNet-300-100 rows that carry accuracy bars (dense, GMP at 95% and 98%, Deep Compression) train their full
 20 epochs; every other recipe runs one epoch (the larger networks 100 batches of it), because its speed and MACs
@@ -153,7 +153,9 @@ def family(name: str) -> str:
     return name.split("_")[0]
 
 
-def speed(rounds: int) -> None:
+def speed(rounds: int, only: list[str] | None = None) -> None:
+    """Re-time, together, every network family whose runs are all still on disk (bench/runs is not kept); the rows
+    of the other families keep the figures of the commit that timed them (``figures.timed``)."""
     import torch
 
     from lightning_micro.artifact.format import load_compressed
@@ -162,9 +164,19 @@ def speed(rounds: int) -> None:
     from lightning_micro.report.measure import count_macs, measure_latency_ms
 
     payload = json.loads((RESULTS / "runtime.json").read_text())
-    results = payload["results"]
+    every = payload["results"]
+    on_disk = {name: (ROOT / r["runs"][0]["run_dir"]).is_dir() for name, r in every.items()}
+    families = {family(name) for name in every if only is None or family(name) in only
+                if all(there for other, there in on_disk.items() if family(other) == family(name))}
+    if not families:
+        raise SystemExit("no family of bench/results/runtime.json has all its runs on disk; train them first")
+    for r in every.values():  # rows timed before figures said which commit timed them: the file's commit then
+        if "figures" in r:
+            r["figures"].setdefault("timed", {"commit": payload.get("commit"), "rounds": payload.get("rounds")})
+    results = {name: r for name, r in every.items() if family(name) in families}
     run_dir = {name: ROOT / r["runs"][0]["run_dir"] for name, r in results.items()}
-    families = {family(name) for name in results}
+    timed = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                      text=True).stdout.strip(), "rounds": rounds}
     shapes = {f: artifact_input_shape(run_dir[f"{f}_dense"] / "model.safetensors") for f in families}
     nets: dict[str, dict] = {f: {} for f in families}
     for name, where in run_dir.items():
@@ -216,6 +228,7 @@ def speed(rounds: int) -> None:
         figures["layout"] = {"artifact": layout_of(forms_of[f"{name}|PyTorch eager"]),
                              "dense": layout_of(forms_of[f"{model}_dense|PyTorch eager"])}
         figures["shape_only"] = name in SHAPE_ONLY
+        figures["timed"] = timed
         result["figures"] = figures
         bars = {}
         if name in BARS:
@@ -229,14 +242,13 @@ def speed(rounds: int) -> None:
         if bars:
             result["bars"] = {k: {"bar": bar, "measured": v, "met": v >= bar} for k, (v, bar) in bars.items()}
     write(RESULTS / "runtime.json", {**{k: v for k, v in payload.items() if k not in ("commit", "date")},
-                                      "cpu": cpu_name(), "torch": torch.__version__, "rounds": rounds,
-                                      "results": results})
+                                      "cpu": cpu_name(), "torch": torch.__version__, "results": every})
 
 
 def main() -> None:
     args = bench_arguments(__doc__, CONFIGS, list(CONFIGS), RESULTS / "runtime.json")
     if args.speed:
-        speed(args.rounds)
+        speed(args.rounds, args.families)
         return
     failed = {}
     for name in args.configs:  # one recipe at a time, written as it lands, so a failing recipe costs only itself

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import statistics
@@ -87,7 +88,7 @@ class SparseLinear(nn.Linear):
         """The CSR weight and the bias as a column (``None`` without bias), rebuilt when either parameter is
         another tensor or was changed in place; kept together so a batch reads the module's parameters once."""
         weight, bias = self.weight, self.bias
-        key = (id(weight), weight._version, id(bias), -1 if bias is None else bias._version)
+        key = (id(weight), _version(weight), id(bias), -1 if bias is None else _version(bias))
         cached = self.__dict__.get("_csr")
         if cached is None or cached[0] != key:
             column = None if bias is None else bias.detach().unsqueeze(1)
@@ -97,6 +98,13 @@ class SparseLinear(nn.Linear):
     def extra_repr(self) -> str:
         kernels = ", ".join(f"b{size}: {kernel}" for size, kernel in sorted(self.kernels.items()))
         return f"{super().extra_repr()}, kernels=({kernels})"
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The in-place change counter. A tensor made under ``torch.inference_mode`` (a network built or loaded inside
+    it) keeps none, so for it the key is its storage address: a new tensor is seen, an in-place write to it inside
+    inference mode is not (load new weights outside inference mode, or build the network again)."""
+    return tensor.data_ptr() if tensor.is_inference() else tensor._version
 
 
 def transposed_copy(rows: torch.Tensor) -> torch.Tensor:
@@ -196,9 +204,10 @@ def choose_kernels(
 ) -> Choice:
     """The kernel of each candidate layer (:func:`candidate_layers`) at each batch size, by ``mode``.
 
-    ``auto`` runs the network once per batch size to capture each layer's input, then times the layer's dense and
-    CSR forwards on it in alternation (medians over ``rounds`` of ``torch.utils.benchmark`` medians, ``threads``
-    threads) and keeps the faster; layers under :data:`MIN_TIMED_SPARSITY` zeros stay dense untimed. Only layers
+    ``auto`` takes the layers one after another (in a copy of ``net``, registration order) and, per batch size,
+    times the layer's own forward under each kernel on the input the network gives it with the earlier choices
+    applied, in alternation (medians over ``rounds`` of ``torch.utils.benchmark`` medians, ``threads`` threads),
+    and keeps the faster; layers under :data:`MIN_TIMED_SPARSITY` zeros stay dense untimed. Only layers
     with a CSR class are returned.
 
     Raises:
@@ -214,55 +223,65 @@ def choose_kernels(
         return {}
     if mode == "always":
         return {name: {str(size): "csr" for size in sizes} for name in layers}
-    timed = {name: layer for name, layer in layers.items() if zero_fraction(layer) >= MIN_TIMED_SPARSITY}
+    timed = [name for name, layer in layers.items() if zero_fraction(layer) >= MIN_TIMED_SPARSITY]
+    # the layers are timed in a copy, one after another in the order they are registered, each on the input the
+    # deployed network gives it: after a CSR layer that input is a transposed view, which a CSR layer reads without
+    # a copy, so a layer's choice depends on its neighbours' and is made knowing them
+    work = remove_kernels(copy.deepcopy(net)).eval()
+    modules = dict(work.named_modules())
     choice: Choice = {}
     for size in sizes:
-        inputs = _layer_inputs(net, timed, input_shape, size)
-        for name, layer in timed.items():
-            if name in inputs:
-                kernel = _faster_kernel(layer, inputs[name], threads, min_run_time, rounds)
-                choice.setdefault(name, {})[str(size)] = kernel
+        for name in timed:
+            layer = modules[name]
+            x = _layer_input(work, layer, input_shape, size)
+            if x is None:
+                continue
+            kernel = _faster_kernel(layer, x, size, threads, min_run_time, rounds)
+            choice.setdefault(name, {})[str(size)] = kernel
+            _set_kernels(layer, {int(s): k for s, k in choice[name].items()})
     return {name: classes for name, classes in choice.items() if "csr" in classes.values()}
 
 
-def _layer_inputs(net: nn.Module, layers: Mapping[str, nn.Linear], input_shape: Sequence[int],
-                  batch: int) -> dict[str, torch.Tensor]:
-    captured: dict[str, torch.Tensor] = {}
+class _Captured(Exception):
+    """Raised by the capturing hook: the rest of the forward is not needed."""
 
-    def keep(name):
-        def hook(module, args):
-            captured.setdefault(name, args[0].detach().clone())
-        return hook
 
-    handles = [layer.register_forward_pre_hook(keep(name)) for name, layer in layers.items()]
-    was_training = net.training
-    net.eval()
+def _layer_input(net: nn.Module, layer: nn.Linear, input_shape: Sequence[int], batch: int) -> torch.Tensor | None:
+    """``layer``'s input (strides kept) when ``net`` runs a random batch; ``None`` where the forward never calls it."""
+    captured: list[torch.Tensor] = []
+
+    def keep(module, args):
+        captured.append(args[0].detach().clone())
+        raise _Captured
+
+    handle = layer.register_forward_pre_hook(keep)
     try:
         with torch.no_grad():
             net(torch.randn(batch, *input_shape))
+    except _Captured:
+        pass
     finally:
-        for handle in handles:
-            handle.remove()
-        net.train(was_training)
-    return captured
+        handle.remove()
+    return captured[0] if captured else None
 
 
-def _faster_kernel(layer: nn.Linear, x: torch.Tensor, threads: int, min_run_time: float, rounds: int) -> str:
+def _set_kernels(layer: nn.Linear, kernels: dict[int, str]) -> None:
+    layer.__class__ = SparseLinear
+    layer.kernels = kernels
+    layer.__dict__.pop("_by_batch", None)
+
+
+def _faster_kernel(layer: nn.Linear, x: torch.Tensor, batch: int, threads: int, min_run_time: float,
+                   rounds: int) -> str:
+    """The kernel under which ``layer``'s own forward (what the deployed layer runs, input copies included) has the
+    smaller median on ``x``, timed in alternation over ``rounds``."""
     benchmark = import_benchmark()
-    csr = to_csr(layer.weight)
-    rows = x.reshape(-1, layer.in_features)
-    statements = {
-        "dense": "F.linear(rows, weight, bias)",
-        "csr": "torch.addmm(bias.unsqueeze(1), csr, rows.t()).t()" if layer.bias is not None else
-               "torch.sparse.mm(csr, rows.t()).t()",
-    }
-    context = {"torch": torch, "F": nn.functional, "rows": rows, "weight": layer.weight.detach(), "csr": csr,
-               "bias": None if layer.bias is None else layer.bias.detach()}
-    samples: dict[str, list[float]] = {kernel: [] for kernel in statements}
+    samples: dict[str, list[float]] = {kernel: [] for kernel in KERNELS}
     with torch.no_grad():
         for _ in range(rounds):
-            for kernel, stmt in statements.items():
-                timer = benchmark.Timer(stmt=stmt, globals=context, num_threads=threads)
+            for kernel in KERNELS:
+                _set_kernels(layer, {batch: kernel})
+                timer = benchmark.Timer(stmt="layer(x)", globals={"layer": layer, "x": x}, num_threads=threads)
                 samples[kernel].append(timer.blocked_autorange(min_run_time=min_run_time).median)
     return min(samples, key=lambda kernel: statistics.median(samples[kernel]))
 

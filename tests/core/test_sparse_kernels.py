@@ -159,3 +159,22 @@ def test_a_bad_choice_is_refused(choice, message):
 def test_a_bad_mode_is_refused():
     with pytest.raises(ValueError, match="sparse_kernels must be one of"):
         choose_kernels(net_of_three(), [2048], mode="sometimes")
+
+
+def test_a_network_built_under_inference_mode_runs_its_csr_layers():
+    with torch.inference_mode():
+        net = apply_kernels(nn.Sequential(pruned_linear(64, 32, 0.9)), {"0": {"8": "csr"}})
+        x = torch.randn(8, 64)
+        assert torch.allclose(net(x), nn.functional.linear(x, net[0].weight, net[0].bias), atol=1e-5)
+
+
+def test_auto_times_a_layer_on_the_input_its_csr_neighbour_gives_it():
+    # after a CSR layer the next one's input is a transposed view, which it reads without a copy; the chooser must
+    # time the second layer on that view (the dense network's contiguous input would time a copy never made)
+    net = nn.Sequential(pruned_linear(512, 256, 0.99), nn.ReLU(), pruned_linear(256, 128, 0.99))
+    contiguous = []  # the hook travels into the chooser's copy of the network
+    net[2].register_forward_pre_hook(lambda module, args: contiguous.append(args[0].is_contiguous()))
+    choice = choose_kernels(net, [512], [64], mode="auto", rounds=1)
+    assert choice["0"] == {"64": "csr"}  # 99% zeros of 8.4M multiply-adds
+    assert contiguous and not any(contiguous)
+    assert type(net[0]) is nn.Linear  # the network itself is not changed
